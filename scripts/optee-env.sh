@@ -210,17 +210,19 @@ build_firmware() {
   [ -s "$UBOOT" ] || die "U-Boot for QEMU arm64 not found at $UBOOT: apt-get install u-boot-qemu"
   local tee="$CACHE/pkgs/optee-os/usr/lib/optee/$PLATFORM"
   local f
-  for f in tee-header_v2.bin tee-pager_v2.bin tee-pageable_v2.bin; do
+  for f in tee-header_v2.bin tee-pager_v2.bin; do
     [ -s "$tee/$f" ] || die "OP-TEE binary $tee/$f missing (package optee-os from $NEW_SUITE)"
   done
+  # Debian builds OP-TEE without paging: tee-pageable_v2.bin is empty and is then left out.
+  local extra2=()
+  [ -s "$tee/tee-pageable_v2.bin" ] && extra2=(BL32_EXTRA2="$tee/tee-pageable_v2.bin")
   local src="$CACHE/src/arm-trusted-firmware"
   local bld="$CACHE/firmware/.build.$$"
   rm -rf "$bld" && mkdir -p "$bld"
   say "building TF-A (PLAT=qemu SPD=opteed, GICv3) in $bld"
   make -C "$src" -j"$(nproc)" BUILD_BASE="$bld" CROSS_COMPILE=aarch64-linux-gnu- \
     PLAT=qemu SPD=opteed QEMU_USE_GIC_DRIVER=QEMU_GICV3 BL32_RAM_LOCATION=tdram \
-    BL32="$tee/tee-header_v2.bin" BL32_EXTRA1="$tee/tee-pager_v2.bin" \
-    BL32_EXTRA2="$tee/tee-pageable_v2.bin" BL33="$UBOOT" \
+    BL32="$tee/tee-header_v2.bin" BL32_EXTRA1="$tee/tee-pager_v2.bin" "${extra2[@]}" BL33="$UBOOT" \
     DEBUG=0 LOG_LEVEL=40 all fip >"$bld.log" 2>&1 \
     || { tail -30 "$bld.log" >&2; die "TF-A build failed (log: $bld.log)"; }
   local rel="$bld/qemu/release"
