@@ -1,0 +1,287 @@
+"""CPM strategies: what the Companion Partial Monitor reads, how wide it is, and what it costs in the TEE.
+
+A :class:`Strategy` is plain data (JSON round-trip, see docs/architecture.md "The strategy JSON").
+:func:`generate_strategies` enumerates a strategy space for a model and prunes what does not fit the
+secure-memory budget; :func:`secure_memory` and :func:`cpm_cost` say what one strategy costs.
+
+Default budget: a Raspberry Pi 3 running OP-TEE's ``plat-rpi3`` has about 8 MiB of secure DRAM for all
+trusted applications together (code, data, heap, stacks, page tables). The CPM's TA gets
+:data:`DEFAULT_BUDGET_BYTES` = 1 MiB for its weights, its activation arena and the tapped maps it copies
+in: one eighth of the TA pool, which leaves room for the TA's code and stack, for the supplicant's other
+TAs, and stays far from the 10 MiB heap that ran DarkneTZ out of memory on that board.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StrategyError
+from .util import atomic_write
+
+WIDTH_RATIOS = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
+MERGES = ("add", "concat")
+OUTPUTS = ("logits", "correction")
+DEGRADATIONS = ("uniform", "adversarial")
+DEFAULT_BUDGET_BYTES = 1 << 20
+FLOAT_BYTES = 4
+
+_FIELDS = ("taps", "width_ratio", "merge", "output", "degradation", "name")
+
+
+def _ratio_label(ratio: float) -> str:
+    return f"1/{round(1 / ratio)}"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One CPM configuration. ``taps`` are analysis tap names, ordered shallow to deep."""
+
+    taps: tuple[str, ...]
+    width_ratio: float
+    merge: str = "add"
+    output: str = "logits"
+    degradation: str = "uniform"
+    name: str = ""
+
+    def __post_init__(self):
+        taps = self.taps
+        if isinstance(taps, str) or not isinstance(taps, (list, tuple)):
+            raise StrategyError(f"strategy taps must be a list of tap names, got {taps!r}")
+        if not taps:
+            raise StrategyError("a strategy needs at least one tap (see `mirrornet inspect` for the names)")
+        if not all(isinstance(t, str) and t for t in taps):
+            raise StrategyError(f"strategy taps must be non-empty strings, got {list(taps)!r}")
+        if len(set(taps)) != len(taps):
+            raise StrategyError(f"strategy taps repeat a name: {list(taps)!r}")
+        object.__setattr__(self, "taps", tuple(taps))
+        try:
+            ratio = float(self.width_ratio)
+        except (TypeError, ValueError):
+            raise StrategyError(f"width_ratio must be a number, got {self.width_ratio!r}") from None
+        match = [r for r in WIDTH_RATIOS if math.isclose(ratio, r, rel_tol=1e-6)]
+        if not match:
+            allowed = ", ".join(f"{r} ({_ratio_label(r)})" for r in WIDTH_RATIOS)
+            raise StrategyError(f"width_ratio {self.width_ratio!r} is not one of {allowed}")
+        object.__setattr__(self, "width_ratio", match[0])
+        for field, allowed in (("merge", MERGES), ("output", OUTPUTS), ("degradation", DEGRADATIONS)):
+            if getattr(self, field) not in allowed:
+                raise StrategyError(f"strategy {field} must be one of {', '.join(allowed)}, "
+                                    f"got {getattr(self, field)!r}")
+        if not isinstance(self.name, str):
+            raise StrategyError(f"strategy name must be a string, got {self.name!r}")
+        if not self.name:
+            object.__setattr__(self, "name", self.default_name())
+
+    def default_name(self) -> str:
+        """A readable name that identifies the configuration, e.g. ``b2_relu+b5_maxpool-w8-add-logits-uniform``."""
+        return (f"{'+'.join(self.taps)}-w{round(1 / self.width_ratio)}-{self.merge}-{self.output}"
+                f"-{self.degradation}")
+
+    def replace(self, **changes) -> "Strategy":
+        """A copy with some fields changed (the name is regenerated unless given)."""
+        changes.setdefault("name", "")
+        return dataclasses.replace(self, **changes)
+
+    # --- JSON -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"taps": list(self.taps), "width_ratio": self.width_ratio, "merge": self.merge,
+                "output": self.output, "degradation": self.degradation, "name": self.name}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data) -> "Strategy":
+        if not isinstance(data, dict):
+            raise StrategyError(f"a strategy must be a JSON object with keys {', '.join(_FIELDS)}; "
+                                f"got {type(data).__name__}")
+        unknown = sorted(set(data) - set(_FIELDS))
+        if unknown:
+            raise StrategyError(f"unknown strategy key(s) {', '.join(unknown)}; "
+                                f"allowed: {', '.join(_FIELDS)}")
+        missing = [k for k in ("taps", "width_ratio") if k not in data]
+        if missing:
+            raise StrategyError(f"strategy is missing {', '.join(missing)}")
+        return cls(**{k: data[k] for k in _FIELDS if k in data})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Strategy":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise StrategyError(f"strategy is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path) -> "Strategy":
+        path = Path(path)
+        if not path.is_file():
+            raise StrategyError(f"strategy file {path} does not exist; write one or use `--auto`")
+        try:
+            return cls.from_json(path.read_text())
+        except StrategyError as err:
+            raise StrategyError(f"{path}: {err}") from None
+
+    def save(self, path) -> Path:
+        return atomic_write(path, self.to_json())
+
+
+@dataclass(frozen=True)
+class SecureMemory:
+    """Bytes the CPM needs inside the trusted application, by component (float32 throughout).
+
+    ``weights``: every CPM parameter as deployed (batch norm folded into the convolution before it).
+    ``activations``: the peak of the CPM's own live intermediates (liveness in execution order).
+    ``taps``: the tapped maps (and, for ``output == "correction"``, the backbone logits) copied into TA
+    memory before the CPM runs. ``logits``: the output buffer.
+    """
+
+    weights: int
+    activations: int
+    taps: int
+    logits: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.activations + self.taps + self.logits
+
+    def to_dict(self) -> dict:
+        return {"weights": self.weights, "activations": self.activations, "taps": self.taps,
+                "logits": self.logits, "total": self.total}
+
+
+@dataclass(frozen=True)
+class CpmCost:
+    """What one strategy costs: secure memory and the CPM's share of the original model's work."""
+
+    strategy: Strategy
+    memory: SecureMemory
+    cpm_flops: int
+    cpm_params: int
+    model_flops: int
+    model_params: int
+
+    @property
+    def flop_share(self) -> float:
+        return self.cpm_flops / self.model_flops if self.model_flops else 0.0
+
+    @property
+    def param_share(self) -> float:
+        return self.cpm_params / self.model_params if self.model_params else 0.0
+
+    def to_dict(self) -> dict:
+        return {"strategy": self.strategy.to_dict(), "secure_memory": self.memory.to_dict(),
+                "cpm_flops": self.cpm_flops, "cpm_params": self.cpm_params,
+                "model_flops": self.model_flops, "model_params": self.model_params,
+                "flop_share": self.flop_share, "param_share": self.param_share}
+
+
+def _graph_of(model):
+    """Accept a front-end ``Model`` (with ``.graph()``) or a ``GraphNet``."""
+    graph = model.graph() if callable(getattr(model, "graph", None)) else model
+    if not hasattr(graph, "nodes") or not hasattr(graph, "tensor_shapes"):
+        raise StrategyError(f"expected a loaded model or a GraphNet, got {type(model).__name__}; "
+                            "load it with mirrornet_tvm.frontend.load_model")
+    return graph
+
+
+def secure_memory(strategy: Strategy, model) -> SecureMemory:
+    """Secure-memory bytes of ``strategy``'s CPM for ``model`` (see :class:`SecureMemory`)."""
+    from .mirror import plan_cpm
+
+    return plan_cpm(_graph_of(model), strategy).secure_memory()
+
+
+def cpm_cost(strategy: Strategy, model) -> CpmCost:
+    """Secure memory, FLOPs and parameters of ``strategy``'s CPM, with the original model's totals."""
+    from .mirror import plan_cpm, model_totals
+
+    graph = _graph_of(model)
+    plan = plan_cpm(graph, strategy)
+    flops, params = model_totals(graph)
+    return CpmCost(strategy, plan.secure_memory(), plan.flops, plan.params, flops, params)
+
+
+def _tap_names(graph) -> list[str]:
+    from .analysis import candidate_taps
+
+    return [t.name for t in candidate_taps(graph)]
+
+
+def _tap_sets(names: list[str], max_taps: int) -> list[tuple[str, ...]]:
+    """Single taps shallow to deep (each: the CPM completes the network from there), then pairs.
+
+    Pairs combine an early tap with a deeper one: the CPM starts early and is re-fed deeper down. To keep
+    the space at tens to a few hundred, pairs use every other tap when a model has more than eight.
+    """
+    sets: list[tuple[str, ...]] = [(n,) for n in names]
+    pool = names if len(names) <= 8 else names[::2] + ([names[-1]] if len(names) % 2 == 0 else [])
+    for k in range(2, max_taps + 1):
+        sets.extend(itertools.combinations(pool, k))
+    return sets
+
+
+def generate_strategies(model, budget_bytes: int | None = DEFAULT_BUDGET_BYTES, *,
+                        widths=WIDTH_RATIOS, merges=MERGES, outputs=OUTPUTS,
+                        degradations=DEGRADATIONS, max_taps: int = 2,
+                        max_flop_share: float | None = None) -> list[CpmCost]:
+    """Enumerate CPM strategies for ``model`` and keep those within ``budget_bytes`` of secure memory.
+
+    The space: tap sets (each single tap shallow to deep, then pairs), every width ratio, both merges
+    (for multi-tap sets only: with one tap the merge is just the projection), both outputs and both
+    degradation objectives. ``budget_bytes=None`` keeps everything; ``max_flop_share`` also prunes by the
+    CPM's share of the model's FLOPs. Returns one :class:`CpmCost` per kept strategy, in enumeration order.
+    """
+    graph = _graph_of(model)
+    names = _tap_names(graph)
+    if not names:
+        raise StrategyError("the model has no candidate taps (no activation/pool/add cut point); "
+                            "see `mirrornet inspect`")
+    if max_taps < 1:
+        raise StrategyError(f"max_taps must be at least 1, got {max_taps}")
+    from .mirror import model_totals, plan_cpm
+
+    flops, params = model_totals(graph)
+    kept: list[CpmCost] = []
+    plans = {}
+    for taps in _tap_sets(names, max_taps):
+        for width in widths:
+            for merge in (merges if len(taps) > 1 else ("add",)):
+                for output in outputs:
+                    key = (taps, width, merge, output)
+                    if key not in plans:
+                        plans[key] = plan_cpm(graph, Strategy(taps, width, merge, output))
+                    plan = plans[key]
+                    mem = plan.secure_memory()
+                    if budget_bytes is not None and mem.total > budget_bytes:
+                        continue
+                    if max_flop_share is not None and flops and plan.flops / flops > max_flop_share:
+                        continue
+                    for degradation in degradations:
+                        s = Strategy(taps, width, merge, output, degradation)
+                        kept.append(CpmCost(s, mem, plan.flops, plan.params, flops, params))
+    return kept
+
+
+def auto_select(costs: list[CpmCost], *, max_flop_share: float = 0.05,
+                degradation: str = "adversarial") -> CpmCost:
+    """Pick a strategy by secure memory and FLOPs alone (no latency model, no accuracy model).
+
+    Rule: among single-tap strategies whose CPM completes the network (``output == "logits"``) with the
+    given degradation and at most ``max_flop_share`` of the model's FLOPs, take the one with the
+    shallowest tap (the less of the network the normal world holds in useful form, the less a thief
+    gets), then the widest CPM that still fits (accuracy), then the least secure memory.
+    """
+    pool = [c for c in costs if len(c.strategy.taps) == 1 and c.strategy.output == "logits"
+            and c.strategy.degradation == degradation and c.flop_share <= max_flop_share]
+    if not pool:
+        raise StrategyError(f"no single-tap strategy within {max_flop_share:.0%} of the model's FLOPs "
+                            "fits the secure-memory budget; raise --budget-kib or give --strategy")
+    order = {}
+    for c in costs:
+        order.setdefault(c.strategy.taps[0], len(order))
+    return min(pool, key=lambda c: (order[c.strategy.taps[0]], -c.strategy.width_ratio, c.memory.total))
