@@ -316,17 +316,15 @@ cmd_boot() {
   [ -s "$fw" ] || die "firmware not built yet: run scripts/optee-env.sh fetch"
   kernel="$CACHE/pkgs/$(kernel_pkg)/boot/vmlinuz-$(kernel_release)"
   [ -s "$kernel" ] || die "kernel not fetched yet: run scripts/optee-env.sh fetch"
-  local initrd; initrd="$(mktemp --suffix=.cpio.gz)"
-  trap 'rm -f "$initrd"' EXIT
+  BOOT_INITRD="$(mktemp --suffix=.cpio.gz)"
+  trap 'rm -f "$BOOT_INITRD"' EXIT
+  local initrd="$BOOT_INITRD"
   (cd "$overlay" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1) >"$initrd"
-  exec_qemu() {
-    qemu-system-aarch64 -M virt,secure=on,gic-version=3 -cpu cortex-a53 -smp 1 -m 1024 \
+  qemu-system-aarch64 -M virt,secure=on,gic-version=3 -cpu cortex-a53 -smp 1 -m 1024 \
       -bios "$fw" -kernel "$kernel" -initrd "$initrd" \
       -append "console=ttyAMA0 rdinit=/init quiet panic=-1" \
-      -nographic -nic none -no-reboot \
+      -display none -monitor none -nic none -no-reboot \
       -serial stdio -serial "file:$slog"
-  }
-  exec_qemu
 }
 
 case "${1:-}" in
