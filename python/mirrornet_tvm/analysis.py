@@ -102,16 +102,15 @@ def as_graph(model, output: str | None = None):
         if output not in (None, model.output_name):
             raise ModelError(f"this GraphNet's output is '{model.output_name}', not '{output}'")
         return model
-    if callable(getattr(model, "graph", None)) and hasattr(model, "proto"):
-        if output is None:
-            return model.graph()
-        model = model.proto
     from .frontend import check_onnx
 
-    proto = check_onnx(model)
+    loaded = model if callable(getattr(model, "graph", None)) and hasattr(model, "proto") else None
+    proto = loaded.proto if loaded is not None else check_onnx(model)
     names = [o.name for o in proto.graph.output]
     if output is None and BACKBONE_OUTPUT in names:
         output = BACKBONE_OUTPUT
+    if loaded is not None and output in (None, names[0]):
+        return loaded.graph()
     return GraphNet.from_onnx(proto, output=output)
 
 
