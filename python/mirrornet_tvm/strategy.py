@@ -206,20 +206,21 @@ def cpm_cost(strategy: Strategy, model) -> CpmCost:
     return CpmCost(strategy, plan.secure_memory(), plan.flops, plan.params, flops, params)
 
 
-def _tap_names(graph) -> list[str]:
-    from .analysis import candidate_taps
-
-    return [t.name for t in candidate_taps(graph)]
+_STAGE_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "Add")
 
 
-def _tap_sets(names: list[str], max_taps: int) -> list[tuple[str, ...]]:
-    """Single taps shallow to deep (each: the CPM completes the network from there), then pairs.
+def _tap_sets(taps, max_taps: int) -> list[tuple[str, ...]]:
+    """Single taps shallow to deep (each: the CPM completes the network from there), then combinations.
 
-    Pairs combine an early tap with a deeper one: the CPM starts early and is re-fed deeper down. To keep
-    the space at tens to a few hundred, pairs use every other tap when a model has more than eight.
+    Combinations (an early tap re-fed deeper down) are drawn from the stage outputs (pooling and
+    residual-add taps) to keep the space at tens to a few hundred; from all taps when a model has fewer
+    than two stage outputs.
     """
+    names = [t.name for t in taps]
     sets: list[tuple[str, ...]] = [(n,) for n in names]
-    pool = names if len(names) <= 8 else names[::2] + ([names[-1]] if len(names) % 2 == 0 else [])
+    pool = [t.name for t in taps if t.op in _STAGE_OPS]
+    if len(pool) < 2:
+        pool = names
     for k in range(2, max_taps + 1):
         sets.extend(itertools.combinations(pool, k))
     return sets
@@ -236,25 +237,27 @@ def generate_strategies(model, budget_bytes: int | None = DEFAULT_BUDGET_BYTES, 
     degradation objectives. ``budget_bytes=None`` keeps everything; ``max_flop_share`` also prunes by the
     CPM's share of the model's FLOPs. Returns one :class:`CpmCost` per kept strategy, in enumeration order.
     """
+    from .analysis import candidate_taps
+    from .mirror import model_totals, plan_cpm
+
     graph = _graph_of(model)
-    names = _tap_names(graph)
-    if not names:
+    taps = candidate_taps(graph)
+    if not taps:
         raise StrategyError("the model has no candidate taps (no activation/pool/add cut point); "
                             "see `mirrornet inspect`")
     if max_taps < 1:
         raise StrategyError(f"max_taps must be at least 1, got {max_taps}")
-    from .mirror import model_totals, plan_cpm
-
+    index = {t.name: (t.tensor, i) for i, t in enumerate(taps)}
     flops, params = model_totals(graph)
     kept: list[CpmCost] = []
     plans = {}
-    for taps in _tap_sets(names, max_taps):
+    for tap_set in _tap_sets(taps, max_taps):
         for width in widths:
-            for merge in (merges if len(taps) > 1 else ("add",)):
+            for merge in (merges if len(tap_set) > 1 else ("add",)):
                 for output in outputs:
-                    key = (taps, width, merge, output)
+                    key = (tap_set, width, merge, output)
                     if key not in plans:
-                        plans[key] = plan_cpm(graph, Strategy(taps, width, merge, output))
+                        plans[key] = plan_cpm(graph, Strategy(tap_set, width, merge, output), taps=index)
                     plan = plans[key]
                     mem = plan.secure_memory()
                     if budget_bytes is not None and mem.total > budget_bytes:
@@ -262,7 +265,7 @@ def generate_strategies(model, budget_bytes: int | None = DEFAULT_BUDGET_BYTES, 
                     if max_flop_share is not None and flops and plan.flops / flops > max_flop_share:
                         continue
                     for degradation in degradations:
-                        s = Strategy(taps, width, merge, output, degradation)
+                        s = Strategy(tap_set, width, merge, output, degradation)
                         kept.append(CpmCost(s, mem, plan.flops, plan.params, flops, params))
     return kept
 
