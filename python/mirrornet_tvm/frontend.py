@@ -177,7 +177,7 @@ def with_outputs(proto: onnx.ModelProto, output_names) -> onnx.ModelProto:
                              "(see `mirrornet inspect MODEL --json`)")
         out.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
         existing.add(name)
-    return out
+    return onnx.shape_inference.infer_shapes(out)  # fills in the new outputs' shapes
 
 
 def to_relax(model, output_names=None):

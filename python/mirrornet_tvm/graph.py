@@ -10,6 +10,10 @@ Supported ops (:data:`SUPPORTED_OPS`): Conv (2-D), BatchNormalization, Relu, Lea
 AveragePool, GlobalAveragePool, Add, Concat, Flatten, Reshape (constant shape), Gemm and MatMul with a
 constant weight, Softmax as the final node, Identity and Constant.
 
+``GraphNet.export_onnx`` writes the records back node for node (names kept). ``torch.onnx.export`` of a
+GraphNet also gives a supported graph, except where ONNX semantics have no single torch op: asymmetric
+pads (exported as ``Pad``) and ceil-mode pools whose last window starts in the end padding (``Slice``).
+
 Static shapes for batch 1 are recorded per tensor (:attr:`GraphNet.tensor_shapes`) by running the
 network once on zeros while it is converted. The network runs with any batch size afterwards.
 """
@@ -375,13 +379,17 @@ class GraphNet(torch.nn.Module):
         if op == "Clip":
             return torch.clamp(x, a["min"], a["max"])
         if op == "MaxPool":
+            size = _onnx_pool_size(x, a)
             if a["_fpad"] is not None:
                 x = F.pad(x, a["_fpad"], value=float("-inf"))
-            return F.max_pool2d(x, a["kernel_shape"], a["strides"], a["_tpad"], a["dilations"],
-                                ceil_mode=bool(a["ceil_mode"]))
+            y = F.max_pool2d(x, a["kernel_shape"], a["strides"], a["_tpad"], a["dilations"],
+                             ceil_mode=bool(a["ceil_mode"]))
+            return _crop(y, size)
         if op == "AveragePool":
-            return _avg_pool(x, a)
-        if op == "GlobalAveragePool":
+            return _crop(_avg_pool(x, a), _onnx_pool_size(x, a))
+        if op == "GlobalAveragePool":  # adaptive pooling exports back as GlobalAveragePool
+            if x.dim() == 4:
+                return F.adaptive_avg_pool2d(x, 1)
             return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
         if op == "Add":
             return args[0] + args[1]
@@ -588,6 +596,26 @@ def _convert(n, name: str, consts: dict, opset: int):
         return record({"axis": int(a.get("axis", -1 if opset >= 13 else 1))}), None
     raise UnsupportedOpError(
         f"node '{name}' uses op {op}, which is not supported; supported ops: {supported_ops_text()}")
+
+
+def _onnx_pool_size(x, a) -> tuple:
+    """Output (H, W) of an ONNX pool: with ceil_mode, a last window starting in the end padding is dropped."""
+    out = []
+    for i, (n, k, s, d) in enumerate(zip(x.shape[2:], a["kernel_shape"], a["strides"], a.get("dilations", (1, 1)))):
+        head, tail = a["pads"][i], a["pads"][i + 2]
+        span = n + head + tail - ((k - 1) * d + 1)
+        size = (-(-span // s) if a["ceil_mode"] else span // s) + 1
+        if a["ceil_mode"] and (size - 1) * s >= n + head:
+            size -= 1
+        out.append(int(size))
+    return tuple(out)
+
+
+def _crop(y, size):
+    """torch keeps a last window that starts in explicit end padding; ONNX does not: crop to ONNX's size."""
+    if tuple(y.shape[2:]) == size:
+        return y
+    return y[:, :, : size[0], : size[1]]
 
 
 def _avg_pool(x, a):
