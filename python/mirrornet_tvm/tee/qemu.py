@@ -198,23 +198,33 @@ static void hexline(const char *tag, long idx, const void *p, size_t n)
 	printf("\n");
 }
 
+/* Load every tap chunk with LOAD_TAPS (for TAs whose taps exceed one invoke). */
+static TEEC_Result load_all(TEEC_Session *s, float *taps, size_t nbytes, size_t tap_bytes,
+                            size_t max_invoke)
+{
+	TEEC_Operation op;
+	uint32_t origin = 0;
+	TEEC_Result r = TEEC_SUCCESS;
+	for (size_t off = 0; off < nbytes && r == TEEC_SUCCESS; off += max_invoke) {
+		memset(&op, 0, sizeof op);
+		op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_VALUE_INPUT, TEEC_NONE, TEEC_NONE);
+		op.params[0].tmpref.buffer = (char *)taps + off;
+		op.params[0].tmpref.size = nbytes - off < max_invoke ? nbytes - off : max_invoke;
+		op.params[1].value.a = off;
+		op.params[1].value.b = tap_bytes;
+		r = TEEC_InvokeCommand(s, MIRRORNET_TA_CMD_LOAD_TAPS, &op, &origin);
+	}
+	return r;
+}
+
 static TEEC_Result run_one(TEEC_Session *s, float *taps, size_t tap_bytes, size_t max_invoke,
                            void *out, size_t out_bytes, uint64_t *ns, uint32_t *origin)
 {
 	TEEC_Operation op;
 	TEEC_Result r;
-	if (tap_bytes > max_invoke) {   /* chunked: LOAD_TAPS, then RUN_CPM on the loaded taps */
-		for (size_t off = 0; off < tap_bytes; off += max_invoke) {
-			size_t n = tap_bytes - off < max_invoke ? tap_bytes - off : max_invoke;
-			memset(&op, 0, sizeof op);
-			op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_VALUE_INPUT, TEEC_NONE, TEEC_NONE);
-			op.params[0].tmpref.buffer = (char *)taps + off;
-			op.params[0].tmpref.size = n;
-			op.params[1].value.a = off;
-			op.params[1].value.b = tap_bytes;
-			r = TEEC_InvokeCommand(s, MIRRORNET_TA_CMD_LOAD_TAPS, &op, origin);
-			if (r != TEEC_SUCCESS) return r;
-		}
+	if (tap_bytes > max_invoke && (r = load_all(s, taps, tap_bytes, tap_bytes, max_invoke)) != TEEC_SUCCESS) {
+		*origin = 0;
+		return r;
 	}
 	memset(&op, 0, sizeof op);
 	op.paramTypes = TEEC_PARAM_TYPES(tap_bytes > max_invoke ? TEEC_NONE : TEEC_MEMREF_TEMP_INPUT,
@@ -228,15 +238,27 @@ static TEEC_Result run_one(TEEC_Session *s, float *taps, size_t tap_bytes, size_
 	return r;
 }
 
+/* One malformed invoke. A param[0] of TEEC_MEMREF_TEMP_INPUT means "the taps": when they exceed one
+ * invoke they are loaded first and param[0] becomes NONE, so only the intended fault remains. */
 static void bad(TEEC_Session *s, const char *name, uint32_t cmd, uint32_t types,
-                void *b0, size_t n0, void *b1, size_t n1)
+                void *b0, size_t n0, void *b1, size_t n1, size_t max_invoke)
 {
 	TEEC_Operation op;
 	uint32_t origin = 0;
+	uint32_t t0 = TEEC_PARAM_TYPE_GET(types, 0);
+	if (t0 == TEEC_MEMREF_TEMP_INPUT && cmd == MIRRORNET_TA_CMD_RUN_CPM && n0 > max_invoke) {
+		if (load_all(s, b0, n0, n0, max_invoke) != TEEC_SUCCESS) {
+			printf(MARK " bad %s 0x%08x 0 0\n", name, 0xffffffffu);
+			return;
+		}
+		types = TEEC_PARAM_TYPES(TEEC_NONE, TEEC_PARAM_TYPE_GET(types, 1),
+		                         TEEC_PARAM_TYPE_GET(types, 2), TEEC_PARAM_TYPE_GET(types, 3));
+		t0 = TEEC_NONE;
+	}
 	memset(&op, 0, sizeof op);
 	op.paramTypes = types;
-	if (TEEC_PARAM_TYPE_GET(types, 0) == TEEC_VALUE_INPUT) { op.params[0].value.a = 1; }
-	else { op.params[0].tmpref.buffer = b0; op.params[0].tmpref.size = n0; }
+	if (t0 == TEEC_VALUE_INPUT) { op.params[0].value.a = 1; }
+	else if (t0 != TEEC_NONE) { op.params[0].tmpref.buffer = b0; op.params[0].tmpref.size = n0; }
 	op.params[1].tmpref.buffer = b1;
 	op.params[1].tmpref.size = n1;
 	TEEC_Result r = TEEC_InvokeCommand(s, cmd, &op, &origin);
@@ -296,23 +318,30 @@ int main(int argc, char **argv)
 	rewind(f);
 	if (fread(taps, 1, tap_bytes, f) != tap_bytes) { printf(MARK " fatal short_tapfile 0 0\n"); return 1; }
 	bad(&s, "run_wrong_param_types", MIRRORNET_TA_CMD_RUN_CPM,
-	    TEEC_PARAM_TYPES(TEEC_VALUE_INPUT, TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE, TEEC_NONE), 0, 0, out, out_bytes);
+	    TEEC_PARAM_TYPES(TEEC_VALUE_INPUT, TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE, TEEC_NONE), 0, 0, out, out_bytes, max_invoke);
 	bad(&s, "run_output_swapped", MIRRORNET_TA_CMD_RUN_CPM,
 	    TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_MEMREF_TEMP_INPUT, TEEC_NONE, TEEC_NONE),
-	    taps, tap_bytes, out, out_bytes);
+	    taps, tap_bytes, out, out_bytes, max_invoke);
 	bad(&s, "run_short_output", MIRRORNET_TA_CMD_RUN_CPM,
 	    TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE, TEEC_NONE),
-	    taps, tap_bytes, out, out_bytes - 1);
+	    taps, tap_bytes, out, out_bytes - 1, max_invoke);
 	if (tap_bytes <= max_invoke)
 		bad(&s, "run_short_input", MIRRORNET_TA_CMD_RUN_CPM,
 		    TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE, TEEC_NONE),
-		    taps, tap_bytes - 4, out, out_bytes);
-	bad(&s, "run_without_loaded_taps", MIRRORNET_TA_CMD_RUN_CPM,
-	    TEEC_PARAM_TYPES(TEEC_NONE, TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE, TEEC_NONE), 0, 0, out, out_bytes);
+		    taps, tap_bytes - 4, out, out_bytes, max_invoke);
+	{   /* RUN_CPM on an incomplete set of taps: the first LOAD_TAPS chunk, one float short */
+		size_t part = (tap_bytes < max_invoke ? tap_bytes : max_invoke) - 4;
+		if (part && load_all(&s, taps, part, tap_bytes, max_invoke) != TEEC_SUCCESS)
+			printf(MARK " bad run_with_incomplete_taps 0x%08x 0 0\n", 0xffffffffu);
+		else
+			bad(&s, "run_with_incomplete_taps", MIRRORNET_TA_CMD_RUN_CPM,
+			    TEEC_PARAM_TYPES(TEEC_NONE, TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE, TEEC_NONE), 0, 0, out,
+			    out_bytes, max_invoke);
+	}
 	bad(&s, "info_short_buffer", MIRRORNET_TA_CMD_GET_INFO,
-	    TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE, TEEC_NONE, TEEC_NONE), &info, 4, 0, 0);
+	    TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_OUTPUT, TEEC_NONE, TEEC_NONE, TEEC_NONE), &info, 4, 0, 0, max_invoke);
 	bad(&s, "unknown_command", 0x7fff,
-	    TEEC_PARAM_TYPES(TEEC_NONE, TEEC_NONE, TEEC_NONE, TEEC_NONE), 0, 0, 0, 0);
+	    TEEC_PARAM_TYPES(TEEC_NONE, TEEC_NONE, TEEC_NONE, TEEC_NONE), 0, 0, 0, 0, max_invoke);
 	/* The session still works after all that, and gives the same answer as before. */
 	uint64_t ns = 0;
 	r = run_one(&s, taps, tap_bytes, max_invoke, out, out_bytes, &ns, &origin);
