@@ -133,6 +133,9 @@ def test_known_cpm_in_optee_matches_reference(linear):
     assert res.info["tap_sizes"] == list(TAP_SIZES) and res.info["max_invoke_bytes"] == MAX_INVOKE
     assert res.outputs.shape == (len(taps), NUM_CLASSES)
     np.testing.assert_allclose(res.outputs, _reference(taps, w, b), rtol=1e-5, atol=1e-5)
+    # The project's C client produced the result; the runner's probe got bit-identical answers.
+    assert res.client == "mirrornet_client"
+    np.testing.assert_array_equal(res.outputs, res.probe_outputs)
     # Every row differs: the TA did not answer the same thing for all inputs.
     assert len({r.tobytes() for r in res.outputs}) == len(taps)
 

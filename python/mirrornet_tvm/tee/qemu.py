@@ -3,10 +3,12 @@
 ``run_cpm(build_dir, taps)`` boots ``qemu-system-aarch64`` (TF-A + Debian's OP-TEE 4.5 for QEMU as the
 secure world, Debian's arm64 kernel as the normal world; assembled by ``scripts/optee-env.sh fetch``)
 with an initramfs that holds the kernel's ``tee.ko``/``optee.ko``, libteec, tee-supplicant, the signed
-TA from the build folder under ``/lib/optee_armtz/`` and a small aarch64 client (``mnq``, below). The
-client opens a session to the TA, runs one ``RUN_CPM`` invoke per row of ``taps``, sends the TA a set of
-malformed invokes, reads OP-TEE's own secure-memory statistics (the ``stats.pta`` pseudo TA) before,
-during and after the session, and prints everything to the console between markers. The guest then
+TA from the build folder under ``/lib/optee_armtz/``, the project's C client (``src/client``) and a
+probe client of the runner's own (``mnq``, below), all cross-compiled against Debian's arm64 libteec.
+The C client runs the CPM on every row of ``taps`` (its output file is the result); the probe runs the
+same images again, sends the TA a set of malformed invokes, and reads OP-TEE's own secure-memory
+statistics (the ``stats.pta`` pseudo TA) before, during and after its session. Both print to the
+console between markers. The guest then
 powers off; a watchdog kills QEMU when ``timeout`` runs out.
 
 Every boot keeps two logs: the normal-world console (TF-A, Linux, the client) and the secure world's
@@ -88,6 +90,8 @@ class TaMemory:
 @dataclasses.dataclass(frozen=True)
 class QemuResult:
     outputs: np.ndarray               # (N, num_classes) float32 for logits/probs, (N,) int32 for label
+    client: str                       # who produced ``outputs``: "mirrornet_client" (src/client) or "mnq"
+    probe_outputs: np.ndarray         # the same images through the runner's own probe client
     policy: str                       # "logits" | "probs" | "label"
     info: dict                        # the TA's GET_INFO answer
     memory: TaMemory | None           # None when OP-TEE offers no stats pseudo TA
@@ -368,27 +372,45 @@ i=0; while [ ! -e /dev/teepriv0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); do
 [ -e /dev/teepriv0 ] || echo "@@MNQ fatal no_optee_device 0 0"
 mkdir -p /data/tee
 tee-supplicant -d
+if [ -x /bin/mirrornet_client ]; then
+  /bin/mirrornet_client /data/taps.bin /tmp/out.bin 2>/tmp/client.err
+  rc=$?
+  sed 's/^/@@MNQ client_msg /' /tmp/client.err
+  [ $rc -eq 0 ] && od -An -v -tx1 /tmp/out.bin | sed 's/^/@@MNQ cout /'
+  echo "@@MNQ client_exit $rc"
+fi
 /bin/mnq /data/taps.bin {n}
 echo "@@MNQ exit $?"
 poweroff -f
 """
 
 
-def _compile_probe(paths: dict, work: Path) -> Path:
+def _cross_compile(paths: dict, src: Path, exe: Path, what: str) -> Path:
     gcc = _need_tool("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")
     header_dir = repo_root() / "ta" / "include"
     if not (header_dir / "mirrornet_ta.h").exists():
-        raise TeeError(f"{header_dir}/mirrornet_ta.h is missing: the TA contract header is needed for the client")
-    src = work / "mnq.c"
-    src.write_text(PROBE_C)
-    exe = work / "mnq"
+        raise TeeError(f"{header_dir}/mirrornet_ta.h is missing: the TA contract header is needed for {what}")
     libteec = Path(paths["libteec"]) / "libteec.so.1"
     cmd = [gcc, "-O2", "-Wall", "-o", str(exe), str(src), f"-I{header_dir}", f"-I{paths['teec_include']}",
            str(libteec)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise TeeError(f"cross-compiling the QEMU guest client failed:\n{proc.stderr.strip()}")
+        raise TeeError(f"cross-compiling {what} ({src}) for aarch64 failed:\n{proc.stderr.strip()}")
     return exe
+
+
+def _compile_probe(paths: dict, work: Path) -> Path:
+    src = work / "mnq.c"
+    src.write_text(PROBE_C)
+    return _cross_compile(paths, src, work / "mnq", "the QEMU guest probe")
+
+
+def _compile_client(paths: dict, work: Path):
+    """The project's normal-world C client (src/client), cross-compiled; None when the tree has none."""
+    src = repo_root() / "src" / "client" / "mirrornet_client.c"
+    if not src.exists():
+        return None
+    return _cross_compile(paths, src, work / "mirrornet_client", "the C client")
 
 
 def _module_chain(modules_dir: Path, name: str) -> list:
@@ -443,7 +465,7 @@ def _copy(src, dst: Path, mode=None):
         os.chmod(dst, mode)
 
 
-def build_initramfs(paths: dict, ta: Path, client: Path, taps_file: Path, n: int, root: Path,
+def build_initramfs(paths: dict, ta: Path, probe: Path, client, taps_file: Path, n: int, root: Path,
                     out: Path) -> Path:
     """Lay out the guest's root filesystem in ``root`` and pack it as a gzip'd newc cpio ``out``."""
     exe = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
@@ -464,7 +486,9 @@ def build_initramfs(paths: dict, ta: Path, client: Path, taps_file: Path, n: int
         _copy(path, root / "lib" / "modules" / name)
         names.append(name)
     _copy(ta, root / "lib" / "optee_armtz" / ta.name)
-    _copy(client, root / "bin" / "mnq", exe)
+    _copy(probe, root / "bin" / "mnq", exe)
+    if client is not None:
+        _copy(client, root / "bin" / "mirrornet_client", exe)
     _copy(taps_file, root / "data" / "taps.bin")
     init = root / "init"
     init.write_text(INIT_SH.replace("{modules}", " ".join(names)).replace("{n}", str(n)))
@@ -572,10 +596,17 @@ def _parse(lines: list, n: int, console_log: Path, secure_log: Path) -> dict:
     info = None
     outs, ns, bad, mem = {}, {}, [], {}
     after_bad = None
+    client = {"exit": None, "hex": [], "msg": []}
     for l in lines:
         p = l.split()
         tag = p[1]
-        if tag == "info":
+        if tag == "cout":
+            client["hex"].append("".join(p[2:]))
+        elif tag == "client_msg":
+            client["msg"].append(" ".join(p[2:]))
+        elif tag == "client_exit":
+            client["exit"] = int(p[2])
+        elif tag == "info":
             info = _parse_info(p[3])
         elif tag == "out":
             outs[int(p[2])] = bytes.fromhex(p[3]) if len(p) > 3 else b""
@@ -590,7 +621,11 @@ def _parse(lines: list, n: int, console_log: Path, secure_log: Path) -> dict:
     if info is None or sorted(outs) != list(range(n)):
         raise TeeError(f"incomplete answer from the guest ({len(outs)} of {n} results); "
                        f"console log {console_log}")
-    return {"info": info, "outs": outs, "ns": ns, "bad": tuple(bad), "mem": mem, "after_bad": after_bad}
+    if client["exit"] not in (None, 0):
+        raise TeeError(f"the C client (src/client) failed in the guest with exit {client['exit']}: "
+                       f"{' / '.join(client['msg']) or 'no message'}; console log {console_log}")
+    return {"info": info, "outs": outs, "ns": ns, "bad": tuple(bad), "mem": mem, "after_bad": after_bad,
+            "client": client}
 
 
 def _memory(mem: dict):
@@ -607,6 +642,12 @@ def _memory(mem: dict):
         ta_ram_peak=max(v[pool][1] for v in mem.values() if pool in v),
         core_heap_peak=heap,
     )
+
+
+def _decode(raw: bytes, policy: str, n: int, info: dict) -> np.ndarray:
+    if policy == "label":
+        return np.frombuffer(raw, "<i4").astype(np.int32).reshape(n)
+    return np.frombuffer(raw, "<f4").astype(np.float32).reshape(n, info["num_classes"])
 
 
 def run_cpm(build_dir, taps: np.ndarray, timeout: float = 240.0, log_dir=None) -> QemuResult:
@@ -630,10 +671,11 @@ def run_cpm(build_dir, taps: np.ndarray, timeout: float = 240.0, log_dir=None) -
     n = taps.shape[0]
     with tempfile.TemporaryDirectory(prefix="mirrornet-qemu-") as tmp:
         tmp = Path(tmp)
-        client = _compile_probe(paths, tmp)
+        probe = _compile_probe(paths, tmp)
+        client = _compile_client(paths, tmp)
         taps_file = tmp / "taps.bin"
         np.ascontiguousarray(taps, dtype="<f4").tofile(taps_file)
-        initrd = build_initramfs(paths, ta, client, taps_file, n, tmp / "root", tmp / "initrd.cpio.gz")
+        initrd = build_initramfs(paths, ta, probe, client, taps_file, n, tmp / "root", tmp / "initrd.cpio.gz")
         lines, seconds = _boot(qemu_command(paths, initrd, secure_log), console_log, n, timeout)
     res = _parse(lines, n, console_log, secure_log)
     info = res["info"]
@@ -645,13 +687,19 @@ def run_cpm(build_dir, taps: np.ndarray, timeout: float = 240.0, log_dir=None) -
     policy = POLICIES.get(info["policy"])
     if policy is None:
         raise TeeError(f"the TA reports an unknown output policy {info['policy']}")
-    raw = b"".join(res["outs"][i] for i in range(n))
-    if policy == "label":
-        outputs = np.frombuffer(raw, "<i4").astype(np.int32).reshape(n)
+    probe_outputs = _decode(b"".join(res["outs"][i] for i in range(n)), policy, n, info)
+    client = res["client"]
+    if client["exit"] == 0:
+        raw = bytes.fromhex("".join(client["hex"]))
+        if len(raw) != n * info["output_bytes"]:
+            raise TeeError(f"the C client wrote {len(raw)} bytes for {n} images, expected "
+                           f"{n * info['output_bytes']}; console log {console_log}")
+        outputs, used = _decode(raw, policy, n, info), "mirrornet_client"
     else:
-        outputs = np.frombuffer(raw, "<f4").astype(np.float32).reshape(n, info["num_classes"])
+        outputs, used = probe_outputs, "mnq"
     return QemuResult(
-        outputs=outputs, policy=policy, info=info, memory=_memory(res["mem"]),
+        outputs=outputs, client=used, probe_outputs=probe_outputs, policy=policy, info=info,
+        memory=_memory(res["mem"]),
         malformed=res["bad"], recovered=bool(res["after_bad"] and res["after_bad"][0] == 0
                                              and res["after_bad"][1]),
         cpm_ns=np.array([res["ns"].get(i, 0) for i in range(n)], dtype=np.uint64),
