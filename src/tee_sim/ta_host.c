@@ -1,0 +1,376 @@
+/*
+ * ta_host.c: one TA instance of the host TEE simulator, as its own process (one per session).
+ *
+ *   <uuid>.sim --fd N
+ *
+ * The simulator's libteec starts this process for TEEC_OpenSession and talks to it over the socket N
+ * (tee_sim_protocol.h). The process plays OP-TEE's part for one TA instance:
+ *   - the TA's entry points run on a stack of exactly TA_STACK_SIZE bytes above a PROT_NONE guard
+ *     page, so a stack overflow kills the instance (SIGSEGV, reported on stderr) as in OP-TEE;
+ *   - TEE_Malloc (and malloc of TA code) is served from a pool of TA_DATA_SIZE bytes;
+ *   - every memref is a private copy of the client's buffer placed so that its last byte touches a
+ *     guard page: a TA that reads or writes past a size it was given crashes instead of silently
+ *     reading other memory.
+ * A crash or TEE_Panic ends the process; the client library answers TEEC_ERROR_TARGET_DEAD.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <tee_internal_api.h>
+#include <user_ta_header_defines.h>
+
+#include "tee_sim_internal.h"
+#include "tee_sim_protocol.h"
+
+#ifndef TA_STACK_SIZE
+#error "user_ta_header_defines.h must define TA_STACK_SIZE"
+#endif
+#ifndef TA_DATA_SIZE
+#error "user_ta_header_defines.h must define TA_DATA_SIZE"
+#endif
+
+static uint8_t ta_heap[TA_DATA_SIZE] __attribute__((aligned(16)));
+
+static size_t page_size;
+static uint8_t *stack_guard;   /* the guard page below the TA stack */
+static uint8_t *stack_base;    /* lowest usable byte of the TA stack */
+
+/* ---- running an entry point on the TA stack --------------------------------------------------- */
+struct call {
+	uint32_t kind;
+	uint32_t cmd;
+	uint32_t types;
+	TEE_Param *params;
+	void *session;
+	TEE_Result result;
+};
+
+static ucontext_t host_uc, ta_uc;
+static struct call *current;
+
+static void ta_trampoline(void)
+{
+	struct call *c = current;
+
+	switch (c->kind) {
+	case 0:
+		c->result = TA_CreateEntryPoint();
+		break;
+	case TEE_SIM_OPEN_SESSION:
+		c->result = TA_OpenSessionEntryPoint(c->types, c->params, &c->session);
+		break;
+	case TEE_SIM_INVOKE:
+		c->result = TA_InvokeCommandEntryPoint(c->session, c->cmd, c->types, c->params);
+		break;
+	case TEE_SIM_CLOSE_SESSION:
+		TA_CloseSessionEntryPoint(c->session);
+		TA_DestroyEntryPoint();
+		c->result = TEE_SUCCESS;
+		break;
+	}
+}
+
+static void run_on_ta_stack(struct call *c)
+{
+	current = c;
+	if (getcontext(&ta_uc) != 0) {
+		tee_sim_log("getcontext failed, errno", NULL, (uint64_t)errno);
+		_exit(102);
+	}
+	ta_uc.uc_stack.ss_sp = stack_base;
+	ta_uc.uc_stack.ss_size = TA_STACK_SIZE;
+	ta_uc.uc_link = &host_uc;
+	makecontext(&ta_uc, ta_trampoline, 0);
+	if (swapcontext(&host_uc, &ta_uc) != 0) {
+		tee_sim_log("swapcontext failed, errno", NULL, (uint64_t)errno);
+		_exit(102);
+	}
+}
+
+/* ---- crash reporting --------------------------------------------------------------------------- */
+static void on_fault(int sig, siginfo_t *info, void *uc)
+{
+	uint8_t *addr = info->si_addr;
+
+	(void)uc;
+	if (addr >= stack_guard && addr < stack_guard + page_size)
+		tee_sim_log("stack overflow: the TA used more than TA_STACK_SIZE bytes =", NULL,
+			    TA_STACK_SIZE);
+	else
+		tee_sim_log(sig == SIGSEGV ? "crashed (SIGSEGV), bad address" :
+			    sig == SIGBUS ? "crashed (SIGBUS), bad address" :
+			    "crashed (SIGFPE/SIGILL), at", NULL, (uint64_t)(uintptr_t)addr);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void setup_process(void)
+{
+	static uint8_t alt_stack[64 * 1024];
+	struct sigaction sa;
+	stack_t ss;
+	size_t len;
+	uint8_t *map;
+
+	page_size = (size_t)sysconf(_SC_PAGESIZE);
+	len = page_size + ((TA_STACK_SIZE + page_size - 1) & ~(page_size - 1));
+	map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (map == MAP_FAILED || mprotect(map, page_size, PROT_NONE) != 0) {
+		tee_sim_log("cannot map the TA stack, errno", NULL, (uint64_t)errno);
+		_exit(102);
+	}
+	stack_guard = map;
+	stack_base = map + page_size;
+
+	ss.ss_sp = alt_stack;
+	ss.ss_size = sizeof(alt_stack);
+	ss.ss_flags = 0;
+	sigaltstack(&ss, NULL);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_fault;
+	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+	sigaction(SIGSEGV, &sa, NULL);
+	sigaction(SIGBUS, &sa, NULL);
+	sigaction(SIGFPE, &sa, NULL);
+	sigaction(SIGILL, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	tee_sim_heap_init(ta_heap, sizeof(ta_heap));
+}
+
+/* ---- socket I/O ---------------------------------------------------------------------------------- */
+static int sock = -1;
+
+static int read_full(void *buf, size_t n)
+{
+	uint8_t *p = buf;
+
+	while (n) {
+		ssize_t r = recv(sock, p, n, 0);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+static int write_full(const void *buf, size_t n)
+{
+	const uint8_t *p = buf;
+
+	while (n) {
+		ssize_t r = send(sock, p, n, MSG_NOSIGNAL);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+/* ---- memrefs: private copies ending at a guard page ------------------------------------------- */
+struct memref {
+	uint8_t *map;
+	size_t map_len;
+	uint8_t *buf;
+	size_t size;     /* size the client gave */
+};
+
+static int memref_alloc(struct memref *m, size_t size)
+{
+	size_t data = (size + page_size - 1) & ~(page_size - 1);
+
+	m->map_len = data + page_size;
+	m->map = mmap(NULL, m->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m->map == MAP_FAILED) {
+		m->map = NULL;
+		return -1;
+	}
+	if (mprotect(m->map + data, page_size, PROT_NONE) != 0) {
+		munmap(m->map, m->map_len);
+		m->map = NULL;
+		return -1;
+	}
+	m->buf = m->map + data - size;
+	m->size = size;
+	return 0;
+}
+
+static void memref_free(struct memref *m)
+{
+	if (m->map)
+		munmap(m->map, m->map_len);
+	m->map = NULL;
+}
+
+/* ---- serving one request ------------------------------------------------------------------------ */
+static void *session_ctx;
+static int session_open;
+static TEE_Result create_result;
+
+/* Returns 0 to keep serving, 1 when the session is closed. */
+static int serve(const struct tee_sim_request *req)
+{
+	struct memref mem[4];
+	struct tee_sim_region regions[4];
+	struct tee_sim_reply rep;
+	TEE_Param params[4];
+	struct call c;
+	int i, nregions = 0;
+	uint32_t origin = TEE_ORIGIN_TRUSTED_APP;
+
+	memset(mem, 0, sizeof(mem));
+	memset(params, 0, sizeof(params));
+	for (i = 0; i < 4; i++) {
+		uint32_t t = TEE_PARAM_TYPE_GET(req->param_types, i);
+		const struct tee_sim_param *p = &req->params[i];
+
+		if (tee_sim_is_memref(t)) {
+			if (p->a_or_size > TEE_SIM_MAX_MEMREF)
+				goto bad_request;
+			if (p->flags & TEE_SIM_PARAM_NULL) {
+				params[i].memref.buffer = NULL;
+				params[i].memref.size = (size_t)p->a_or_size;
+				continue;
+			}
+			if (memref_alloc(&mem[i], (size_t)p->a_or_size) != 0)
+				goto out_of_memory;
+			if (tee_sim_carries_in(t) && read_full(mem[i].buf, mem[i].size) != 0)
+				_exit(0); /* client gone */
+			params[i].memref.buffer = mem[i].buf;
+			params[i].memref.size = mem[i].size;
+			regions[nregions].start = mem[i].buf;
+			regions[nregions].size = mem[i].size;
+			regions[nregions].access = (t == TEE_PARAM_TYPE_MEMREF_INPUT ? 0 :
+						    TEE_MEMORY_ACCESS_WRITE) | TEE_MEMORY_ACCESS_READ;
+			nregions++;
+		} else if (tee_sim_is_value(t)) {
+			if (tee_sim_carries_in(t)) {
+				params[i].value.a = (uint32_t)p->a_or_size;
+				params[i].value.b = p->b;
+			}
+		} else if (t != TEE_PARAM_TYPE_NONE) {
+			goto bad_request;
+		}
+	}
+
+	memset(&c, 0, sizeof(c));
+	c.kind = req->kind;
+	c.cmd = req->cmd;
+	c.types = req->param_types;
+	c.params = params;
+	c.session = session_ctx;
+	if (req->kind == TEE_SIM_OPEN_SESSION && create_result != TEE_SUCCESS) {
+		c.result = create_result;
+		origin = TEE_ORIGIN_TRUSTED_APP;
+	} else {
+		tee_sim_set_shared_regions(regions, nregions);
+		run_on_ta_stack(&c);
+		tee_sim_set_shared_regions(NULL, 0);
+	}
+	if (req->kind == TEE_SIM_OPEN_SESSION && c.result == TEE_SUCCESS) {
+		session_ctx = c.session;
+		session_open = 1;
+	}
+
+	memset(&rep, 0, sizeof(rep));
+	rep.magic = TEE_SIM_MAGIC;
+	rep.result = c.result;
+	rep.origin = c.result == TEE_SUCCESS ? TEE_ORIGIN_TRUSTED_APP : origin;
+	for (i = 0; i < 4; i++) {
+		uint32_t t = TEE_PARAM_TYPE_GET(req->param_types, i);
+
+		if (tee_sim_is_memref(t)) {
+			rep.params[i].a_or_size = params[i].memref.size;
+		} else if (tee_sim_is_value(t) && tee_sim_carries_out(t)) {
+			rep.params[i].a_or_size = params[i].value.a;
+			rep.params[i].b = params[i].value.b;
+		}
+	}
+	if (write_full(&rep, sizeof(rep)) != 0)
+		_exit(0);
+	for (i = 0; i < 4; i++) {
+		uint32_t t = TEE_PARAM_TYPE_GET(req->param_types, i);
+		size_t n;
+
+		if (!tee_sim_is_memref(t) || !tee_sim_carries_out(t) || !mem[i].map)
+			continue;
+		n = params[i].memref.size < mem[i].size ? params[i].memref.size : mem[i].size;
+		if (write_full(mem[i].buf, n) != 0)
+			_exit(0);
+	}
+	for (i = 0; i < 4; i++)
+		memref_free(&mem[i]);
+	return req->kind == TEE_SIM_CLOSE_SESSION;
+
+bad_request:
+	tee_sim_log("malformed request from the client library; types =", NULL, req->param_types);
+	_exit(103);
+out_of_memory:
+	tee_sim_log("cannot map a memref of size", NULL, req->params[i].a_or_size);
+	_exit(103);
+}
+
+int main(int argc, char **argv)
+{
+	struct tee_sim_request req;
+	struct call c;
+
+	if (argc != 3 || strcmp(argv[1], "--fd") != 0) {
+		static const char usage[] =
+			"usage: <uuid>.sim --fd N\n"
+			"A MirrorNet TA built for the host TEE simulator. It is started by the simulator's\n"
+			"libteec (TEEC_OpenSession), not by hand.\n";
+		if (write(STDERR_FILENO, usage, sizeof(usage) - 1) < 0)
+			return 2;
+		return 2;
+	}
+	sock = atoi(argv[2]);
+	setup_process();
+
+	memset(&c, 0, sizeof(c));
+	c.kind = 0;
+	run_on_ta_stack(&c);
+	create_result = c.result;
+
+	for (;;) {
+		if (read_full(&req, sizeof(req)) != 0) {
+			/* The client went away without closing: tear the instance down quietly. */
+			if (session_open) {
+				memset(&c, 0, sizeof(c));
+				c.kind = TEE_SIM_CLOSE_SESSION;
+				c.session = session_ctx;
+				run_on_ta_stack(&c);
+			}
+			return 0;
+		}
+		if (req.magic != TEE_SIM_MAGIC || req.version != TEE_SIM_VERSION) {
+			tee_sim_log("bad request header, magic", NULL, req.magic);
+			return 103;
+		}
+		if ((req.kind == TEE_SIM_OPEN_SESSION) == session_open ||
+		    (req.kind != TEE_SIM_OPEN_SESSION && req.kind != TEE_SIM_INVOKE &&
+		     req.kind != TEE_SIM_CLOSE_SESSION)) {
+			/* Only a broken client library does this; its stream cannot be trusted now. */
+			tee_sim_log("request out of order, kind", NULL, req.kind);
+			return 103;
+		}
+		if (serve(&req))
+			return 0;
+	}
+}

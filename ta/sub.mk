@@ -1,0 +1,9 @@
+# Sources of the MirrorNet CPM TA (OP-TEE dev kit sub.mk).
+global-incdirs-y += include
+global-incdirs-y += cpm
+srcs-y += mirrornet_ta.c
+srcs-y += cpm/mirrornet_cpm.c
+# The TA has no libm: sqrtf/fmaxf must become instructions, everything else comes from cpm/math.h.
+cflags-y += -fno-math-errno
+# The generated CPM is large straight-line code; keep the dev kit's warnings but not as errors there.
+cflags-cpm/mirrornet_cpm.c-y += -Wno-missing-prototypes -Wno-missing-declarations -Wno-unused-parameter
