@@ -1,11 +1,55 @@
-"""`mirrornet protect`: turn a trained model into a MirrorNet (backbone + CPM) (not built yet)."""
+"""`mirrornet protect`: turn a trained model into a MirrorNet (backbone + CPM) and write the artifact."""
 import click
 
-from ._common import not_built
+from ..strategy import DEGRADATIONS
+from ..training import TAILS, JointConfig
+
+_D = JointConfig()
 
 
-@click.command("protect", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def protect(args):
-    """Turn a trained model into a MirrorNet (backbone + CPM). (Not built yet.)"""
-    not_built("protect", "the MirrorNet training issue")
+@click.command("protect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--dataset", required=True, help="fashion-mnist, mnist, their -rgb variants, or a .npz path.")
+@click.option("--strategy", "strategy_file", type=click.Path(dir_okay=False), default=None,
+              help="Strategy JSON (see `mirrornet strategies --json`).")
+@click.option("--auto", is_flag=True, help="Pick the strategy by secure memory and FLOPs (no emulator yet).")
+@click.option("--degradation", type=click.Choice(DEGRADATIONS), default=None,
+              help="Override the strategy's backbone-degradation objective.")
+@click.option("--epochs", type=int, default=_D.epochs, show_default=True, help="Joint-training epochs.")
+@click.option("--subset", type=int, default=None, help="Train on a stratified subset of N training images.")
+@click.option("--seed", type=int, default=_D.seed, show_default=True)
+@click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
+@click.option("--lr-cpm", type=float, default=_D.lr_cpm, show_default=True)
+@click.option("--lr-backbone", type=float, default=_D.lr_backbone, show_default=True)
+@click.option("--lam", type=float, default=_D.lam, show_default=True,
+              help="Weight of the backbone's uniform-prediction term.")
+@click.option("--adv", type=float, default=_D.adv, show_default=True,
+              help="Weight of the adversarial tap-attacker term (degradation adversarial).")
+@click.option("--distill", type=float, default=_D.distill, show_default=True,
+              help="Weight of distillation from the original model into the rectified output.")
+@click.option("--tail", type=click.Choice(TAILS), default=_D.tail, show_default=True,
+              help="Backbone layers after the last tap: re-initialise and freeze, or train.")
+@click.option("--budget-kib", type=int, default=1024, show_default=True,
+              help="Secure-memory budget for --auto.")
+@click.option("--threads", type=int, default=None, help="Torch threads (default 1: fastest on shared cores).")
+@click.option("--resume", is_flag=True, help="Continue from ARTIFACT_DIR/checkpoint.pt.")
+@click.option("--force", is_flag=True, help="Discard an existing checkpoint and start over.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Artifact folder to write.")
+def protect(model, dataset, strategy_file, auto, degradation, epochs, subset, seed, batch_size, lr_cpm,
+            lr_backbone, lam, adv, distill, tail, budget_kib, threads, resume, force, quiet, out_dir):
+    """Turn MODEL (ONNX) into a MirrorNet: joint training of backbone and CPM, artifact in -o."""
+    from ..errors import UsageError
+    from ..protect import command_line, protect as run
+
+    if budget_kib < 1:
+        raise UsageError(f"--budget-kib must be positive, got {budget_kib}")
+    config = JointConfig(epochs=epochs, batch_size=batch_size, lr_cpm=lr_cpm, lr_backbone=lr_backbone,
+                         lam=lam, adv=adv, distill=distill, tail=tail, seed=seed)
+    result = run(model, dataset, out_dir, strategy=strategy_file, auto=auto, config=config, subset=subset,
+                 budget_bytes=budget_kib * 1024, degradation=degradation, resume=resume, force=force,
+                 threads=threads, progress=not quiet, command=command_line())
+    from .report_cmd import format_report
+
+    click.echo(format_report(result.metrics, str(result.out_dir)))

@@ -1,0 +1,215 @@
+"""``mirrornet protect``: turn a trained model into a MirrorNet and write the artifact folder.
+
+    ARTIFACT/original.onnx    the model as given
+    ARTIFACT/combined.onnx    backbone + CPM: outputs logits, backbone_logits, tap:<name>...
+    ARTIFACT/backbone.onnx    the backbone alone (what a thief copies off the device)
+    ARTIFACT/strategy.json
+    ARTIFACT/metrics.json     accuracies, CPM FLOP/parameter share, secure memory, training record
+    ARTIFACT/checkpoint.pt    joint-training checkpoint (``resume=True`` continues from it)
+
+Accuracies are measured on the dataset's real test split, in PyTorch, and the combined ONNX file is
+checked against PyTorch in onnxruntime on test images before the artifact is declared done.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, data
+from .errors import ArtifactError, ModelError, UsageError
+from .frontend import load_model
+from .graph import GraphNet
+from .mirror import MirrorNet, strip_softmax
+from .strategy import DEFAULT_BUDGET_BYTES, Strategy, auto_select, cpm_cost, generate_strategies
+from .training import JointConfig, evaluate_mirrornet, train_joint
+from .training_base import evaluate, set_threads
+from .util import atomic_write, read_json, sha256_file, write_json
+
+ARTIFACT_FILES = ("original.onnx", "combined.onnx", "backbone.onnx", "strategy.json", "metrics.json")
+AUTO_FLOP_SHARE = 0.05
+ONNX_CHECK_IMAGES = 32
+ONNX_TOLERANCE = 1e-4
+AUTO_NOTE = ("chosen by secure memory and FLOPs alone (no performance emulator yet): the shallowest single "
+             "tap whose CPM completes the network within {share:.0%} of the model's FLOPs, widest first")
+# Issue targets the report checks each artifact against.
+TARGETS = {"authorized_drop_points": 1.0, "illegal_max": 0.15, "flop_share_max": 0.05,
+           "secure_bytes_max": 1 << 20}
+
+
+@dataclass(frozen=True)
+class ProtectResult:
+    out_dir: Path
+    metrics: dict
+
+
+def _say(progress: bool, msg: str):
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def choose_strategy(graph, strategy=None, auto: bool = False, budget_bytes: int = DEFAULT_BUDGET_BYTES,
+                    degradation: str | None = None) -> tuple[Strategy, str]:
+    """The strategy to use and how it was chosen (a sentence for the metrics)."""
+    if (strategy is None) == (not auto):
+        raise UsageError("give exactly one of --strategy FILE or --auto")
+    if strategy is not None:
+        s = strategy if isinstance(strategy, Strategy) else Strategy.load(strategy)
+        if degradation:
+            s = s.replace(degradation=degradation)
+        return s, f"given ({strategy if not isinstance(strategy, Strategy) else 'by the caller'})"
+    costs = generate_strategies(graph, budget_bytes)
+    pick = auto_select(costs, max_flop_share=AUTO_FLOP_SHARE, degradation=degradation or "adversarial")
+    return pick.strategy, "auto: " + AUTO_NOTE.format(share=AUTO_FLOP_SHARE)
+
+
+def _check_data(graph: GraphNet, x_train, y_train, dataset: str):
+    want = tuple(graph.input_shape[1:])
+    got = tuple(x_train.shape[1:])
+    if want != got:
+        raise UsageError(f"the model takes {'x'.join(map(str, want))} images but dataset '{dataset}' has "
+                         f"{'x'.join(map(str, got))}; pick the matching dataset (e.g. fashion-mnist-rgb for 3x32x32)")
+    classes = int(np.max(y_train)) + 1
+    if classes > graph.num_classes:
+        raise UsageError(f"dataset '{dataset}' has {classes} classes but the model outputs {graph.num_classes}")
+
+
+def _onnx_check(path, net: MirrorNet, x) -> float:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    net.eval()
+    worst = 0.0
+    with torch.no_grad():
+        for xi in x:
+            xi = np.ascontiguousarray(xi[None], dtype=np.float32)
+            logits, bl = sess.run(["logits", "backbone_logits"], {"input": xi})
+            rect, tbl, _ = net(torch.from_numpy(xi))
+            worst = max(worst, float(np.abs(logits - rect.numpy()).max()), float(np.abs(bl - tbl.numpy()).max()))
+    return worst
+
+
+def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = False,
+            config: JointConfig = JointConfig(), subset: int | None = None,
+            budget_bytes: int = DEFAULT_BUDGET_BYTES, degradation: str | None = None,
+            resume: bool = False, force: bool = False, threads: int | None = None,
+            progress: bool = True, command: str | None = None) -> ProtectResult:
+    """Protect the ONNX model at ``model_path`` (see the module docstring); returns the metrics."""
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output {out} exists and is not a folder; give a folder for the artifact")
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and not (resume or force):
+        raise ArtifactError(f"{out} already holds a training checkpoint: pass --resume to continue it or "
+                            "--force to start over")
+    if force and ckpt.exists():
+        ckpt.unlink()
+    threads = set_threads(threads)
+    model = load_model(model_path)
+    original = strip_softmax(model.graph())
+    s, how = choose_strategy(original, strategy, auto, budget_bytes, degradation)
+    cost = cpm_cost(s, original)   # validates the taps against the model
+    if progress:
+        _say(True, f"strategy {s.name}: {how}")
+        _say(True, f"CPM: {cost.flop_share:.2%} of the model's FLOPs, {cost.param_share:.2%} of its parameters, "
+                   f"{cost.memory.total / 1024:.1f} KiB of secure memory")
+    x_train, y_train, x_test, y_test = data.load(dataset, subset=subset)
+    _check_data(original, x_train, y_train, dataset)
+
+    original_acc = evaluate(original, x_test, y_test)
+    _say(progress, f"original model: {original_acc:.2%} test accuracy on {dataset} ({len(x_test)} images)")
+    torch.manual_seed(config.seed)
+    backbone = strip_softmax(GraphNet.from_onnx(model.proto))
+    net = MirrorNet(backbone, s)
+    out.mkdir(parents=True, exist_ok=True)
+    _say(progress, f"joint training: {len(x_train)} images, {config.epochs} epoch(s), seed {config.seed}, "
+                   f"{threads} thread(s), degradation {s.degradation}, tail {config.tail}")
+    result = train_joint(net, x_train, y_train, config, teacher=original if config.distill > 0 else None,
+                         checkpoint=ckpt, resume=resume, progress=progress)
+    acc = evaluate_mirrornet(net, x_test, y_test)
+
+    src = Path(model_path)
+    atomic_write(out / "original.onnx", src.read_bytes())
+    net.export_onnx(out / "combined.onnx", source=f"{src.name} (sha256 {sha256_file(src)[:16]})")
+    net.export_backbone(out / "backbone.onnx")
+    s.save(out / "strategy.json")
+    diff = _onnx_check(out / "combined.onnx", net, x_test[:ONNX_CHECK_IMAGES])
+    if diff > ONNX_TOLERANCE:
+        raise ModelError(f"{out / 'combined.onnx'} differs from the trained PyTorch model by {diff:.2e} in "
+                         f"onnxruntime (> {ONNX_TOLERANCE:g}); the export is wrong")
+    metrics = {
+        "generated_by": f"mirrornet protect (mirrornet-tvm {__version__})",
+        "command": command or "mirrornet_tvm.protect.protect(...)",
+        "model": {"source": str(src), "sha256": sha256_file(src), "flops": cost.model_flops,
+                  "params": cost.model_params, "input_shape": list(original.input_shape),
+                  "num_classes": original.num_classes},
+        "dataset": {"name": dataset, "subset": subset, "train_images": len(x_train),
+                    "test_images": len(x_test), "split": "official test split"},
+        "accuracy": {"original": original_acc, "authorized": acc["authorized"], "illegal": acc["illegal"],
+                     "authorized_drop_points": round(100 * (original_acc - acc["authorized"]), 3),
+                     "gap_points": round(100 * (acc["authorized"] - acc["illegal"]), 3)},
+        "cpm": {"flops": cost.cpm_flops, "params": cost.cpm_params, "flop_share": cost.flop_share,
+                "param_share": cost.param_share, "ops": len(net.plan.ops)},
+        "secure_memory": dict(cost.memory.to_dict(), budget=budget_bytes),
+        "strategy": s.to_dict(),
+        "strategy_selection": how,
+        "training": {"config": config.to_dict(), "seed": config.seed, "epochs": config.epochs,
+                     "threads": threads, "history": result.to_dict()["epochs"],
+                     "resumed_from_epoch": result.resumed_from, "seconds": result.seconds},
+        "onnx_check": {"images": min(ONNX_CHECK_IMAGES, len(x_test)), "max_abs_diff": diff},
+        "wall_seconds": None,
+    }
+    metrics["targets"] = check_targets(metrics)
+    metrics["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+    write_json(out / "metrics.json", metrics)
+    _say(progress, f"authorized {acc['authorized']:.2%} (original {original_acc:.2%}), illegal use "
+                   f"{acc['illegal']:.2%}; artifact written to {out}")
+    return ProtectResult(out, metrics)
+
+
+def check_targets(metrics: dict) -> dict:
+    """Each target of the protection (see :data:`TARGETS`) with its value and whether it is met."""
+    a, c, m = metrics["accuracy"], metrics["cpm"], metrics["secure_memory"]
+    t = TARGETS
+    return {
+        "authorized_within_1_point": {"value": a["authorized_drop_points"],
+                                      "met": a["authorized_drop_points"] <= t["authorized_drop_points"]},
+        "illegal_at_most_15_percent": {"value": a["illegal"], "met": a["illegal"] <= t["illegal_max"]},
+        "cpm_flops_at_most_5_percent": {"value": c["flop_share"], "met": c["flop_share"] <= t["flop_share_max"]},
+        "secure_memory_under_1_mib": {"value": m["total"], "met": m["total"] < t["secure_bytes_max"]},
+    }
+
+
+def load_metrics(artifact_dir) -> dict:
+    """The metrics of an artifact folder (ArtifactError naming what is missing)."""
+    folder = Path(artifact_dir)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder} is not an artifact folder; make one with `mirrornet protect`")
+    path = folder / "metrics.json"
+    if not path.is_file():
+        present = sorted(p.name for p in folder.iterdir())
+        raise ArtifactError(f"{folder} has no metrics.json (it holds: {', '.join(present) or 'nothing'}); "
+                            "the protect run did not finish: rerun it with --resume")
+    try:
+        metrics = read_json(path)
+    except ValueError as err:
+        raise ArtifactError(f"{path} is not valid JSON ({err}); rerun `mirrornet protect`") from None
+    for key in ("accuracy", "cpm", "secure_memory", "strategy"):
+        if key not in metrics:
+            raise ArtifactError(f"{path} lacks '{key}': it was not written by mirrornet protect")
+    return metrics
+
+
+def command_line(argv=None) -> str:
+    return "mirrornet " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+
+__all__ = ["protect", "choose_strategy", "load_metrics", "check_targets", "ProtectResult", "ARTIFACT_FILES"]
