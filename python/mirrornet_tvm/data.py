@@ -225,9 +225,18 @@ def _load_idx_dataset(name: str, root: str | None):
 
 
 @functools.lru_cache(maxsize=2)
-def _load_rgb_variant(name: str, root: str | None):
-    x_train, y_train, x_test, y_test = _load_idx_dataset(_RGB_VARIANTS[name], root)
-    return _readonly(to_rgb32(x_train), y_train, to_rgb32(x_test), y_test)
+def _rgb_test_split(name: str, root: str | None):
+    _, _, x_test, y_test = _load_idx_dataset(_RGB_VARIANTS[name], root)
+    return _readonly(to_rgb32(x_test), y_test)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_rgb_variant(name: str, root: str | None, subset: int | None):
+    x_train, y_train, _, _ = _load_idx_dataset(_RGB_VARIANTS[name], root)
+    if subset is not None:  # convert only the images kept
+        idx = stratified_subset(y_train, subset)
+        x_train, y_train = x_train[idx], y_train[idx]
+    return _readonly(to_rgb32(x_train), y_train) + _rgb_test_split(name, root)
 
 
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -320,8 +329,9 @@ def _load_npz(path: str, mtime_ns: int):
 def stratified_subset(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of a deterministic ``n``-sample subset of ``y`` with the class proportions kept.
 
-    Each class receives its share of ``n`` (largest remainders break ties, then the smaller class
-    index), and its samples are drawn with a generator seeded by ``seed``.
+    Each class receives its share of ``n`` (largest remainders first, ties to the smaller class index),
+    and at least one sample when ``n`` is at least the number of classes. Samples within a class are
+    drawn by a generator seeded with ``seed``.
     """
     y = np.asarray(y)
     if not 0 < n <= len(y):
@@ -329,9 +339,14 @@ def stratified_subset(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     classes, counts = np.unique(y, return_counts=True)
     exact = counts * (n / len(y))
     share = np.floor(exact).astype(np.int64)
-    order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - share[i]), i))
-    for i in order[: n - int(share.sum())]:
-        share[i] += 1
+    if n >= len(classes):
+        share = np.maximum(share, 1)
+    while share.sum() > n:  # the minimum of one pushed the total over: take from the most over-served
+        over = [i for i in range(len(share)) if share[i] > 1]
+        share[max(over, key=lambda i: (share[i] - exact[i], -i))] -= 1
+    while share.sum() < n:
+        room = [i for i in range(len(share)) if share[i] < counts[i]]
+        share[max(room, key=lambda i: (exact[i] - share[i], -i))] += 1
     rng = np.random.default_rng(seed)
     picked = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, share)]
     return np.sort(np.concatenate(picked))
@@ -349,7 +364,7 @@ def load(name: str, subset: int | None = None, root=None):
         raise DatasetError(f"subset must be a whole number of samples, got {subset!r}")
     root_key = None if root is None else str(Path(root).resolve())
     if name in _RGB_VARIANTS:
-        x_train, y_train, x_test, y_test = _load_rgb_variant(name, root_key)
+        return _load_rgb_variant(name, root_key, None if subset is None else int(subset))
     elif name in NAMES:
         x_train, y_train, x_test, y_test = _load_idx_dataset(name, root_key)
     elif str(name).endswith(".npz") or Path(str(name)).is_file():
