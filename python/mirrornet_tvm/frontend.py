@@ -130,12 +130,8 @@ def _check_ops(g, where):
                                  f"supported ops: {supported_ops_text()}")
     consts = onnx_constants(g)
     outputs = {o.name for o in g.output}
-    consumers = {}
-    for n in g.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
     for i, n in enumerate(g.node):
-        why = node_problem(n, consts, outputs, consumers)
+        why = node_problem(n, consts, outputs)
         if why:
             raise UnsupportedOpError(f"{n.op_type} at node '{n.name or f'#{i}'}' of {where} is not supported: "
                                      f"{why}")

@@ -102,8 +102,8 @@ def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def node_problem(node, consts: dict, graph_outputs: set, consumers: dict) -> str | None:
-    """Why ``node`` (a supported op type) cannot be handled, or None. ``consumers``: tensor -> nodes."""
+def node_problem(node, consts: dict, graph_outputs: set) -> str | None:
+    """Why ``node`` (a supported op type) cannot be handled, or None."""
     op, a = node.op_type, _attrs(node)
     ins = [i for i in node.input]
     if op == "Conv":
@@ -145,9 +145,9 @@ def node_problem(node, consts: dict, graph_outputs: set, consumers: dict) -> str
         if ins[1] not in consts or consts[ins[1]].ndim != 2 or ins[0] in consts:
             return "only activation @ constant 2-D weight is supported"
     elif op == "Softmax":
-        out = node.output[0]
-        if out not in graph_outputs or consumers.get(out):
-            return "Softmax is supported only as the final node (its output must be the graph output)"
+        # final node: its output is a graph output (a combined model may also read it, e.g. backbone_logits)
+        if node.output[0] not in graph_outputs:
+            return "Softmax is supported only as the final node (its output must be a graph output)"
     elif op == "Concat":
         if any(i in consts for i in ins):
             return "concatenating constants is not supported"
@@ -263,13 +263,16 @@ class GraphNet(torch.nn.Module):
 
     @torch.no_grad()
     def _trace_shapes(self) -> dict:
+        """Run once on zeros: record every tensor's shape, and which pools need cropping to ONNX's size."""
         was_training = self.training
         self.eval()
+        self._crops, self._trace_crops = None, {}
         try:
             x = torch.zeros(self.input_shape)
             _, tensors = self._run(x, keep_all=True)
         finally:
             self.train(was_training)
+            self._crops = self._trace_crops
         return {name: tuple(t.shape) for name, t in tensors.items()}
 
     # -- queries --------------------------------------------------------------------------------------
@@ -378,15 +381,22 @@ class GraphNet(torch.nn.Module):
             return F.leaky_relu(x, a["alpha"])
         if op == "Clip":
             return torch.clamp(x, a["min"], a["max"])
-        if op == "MaxPool":
-            size = _onnx_pool_size(x, a)
-            if a["_fpad"] is not None:
-                x = F.pad(x, a["_fpad"], value=float("-inf"))
-            y = F.max_pool2d(x, a["kernel_shape"], a["strides"], a["_tpad"], a["dilations"],
-                             ceil_mode=bool(a["ceil_mode"]))
-            return _crop(y, size)
-        if op == "AveragePool":
-            return _crop(_avg_pool(x, a), _onnx_pool_size(x, a))
+        if op in ("MaxPool", "AveragePool"):
+            if self._crops is None:  # shape tracing: find the pools whose torch size differs from ONNX's
+                size = _onnx_pool_size(x, a)
+            if op == "MaxPool":
+                if a["_fpad"] is not None:
+                    x = F.pad(x, a["_fpad"], value=float("-inf"))
+                y = F.max_pool2d(x, a["kernel_shape"], a["strides"], a["_tpad"], a["dilations"],
+                                 ceil_mode=bool(a["ceil_mode"]))
+            else:
+                y = _avg_pool(x, a)
+            if self._crops is None:
+                if tuple(y.shape[2:]) != size:
+                    self._trace_crops[n.name] = size
+            else:
+                size = self._crops.get(n.name)
+            return y if size is None or tuple(y.shape[2:]) == size else y[:, :, : size[0], : size[1]]
         if op == "GlobalAveragePool":  # adaptive pooling exports back as GlobalAveragePool
             if x.dim() == 4:
                 return F.adaptive_avg_pool2d(x, 1)
@@ -599,7 +609,10 @@ def _convert(n, name: str, consts: dict, opset: int):
 
 
 def _onnx_pool_size(x, a) -> tuple:
-    """Output (H, W) of an ONNX pool: with ceil_mode, a last window starting in the end padding is dropped."""
+    """Output (H, W) of an ONNX pool: with ceil_mode, a last window starting in the end padding is dropped.
+
+    torch keeps such a window when the end padding is explicit (F.pad), so those pools are cropped.
+    """
     out = []
     for i, (n, k, s, d) in enumerate(zip(x.shape[2:], a["kernel_shape"], a["strides"], a.get("dilations", (1, 1)))):
         head, tail = a["pads"][i], a["pads"][i + 2]
@@ -609,13 +622,6 @@ def _onnx_pool_size(x, a) -> tuple:
             size -= 1
         out.append(int(size))
     return tuple(out)
-
-
-def _crop(y, size):
-    """torch keeps a last window that starts in explicit end padding; ONNX does not: crop to ONNX's size."""
-    if tuple(y.shape[2:]) == size:
-        return y
-    return y[:, :, : size[0], : size[1]]
 
 
 def _avg_pool(x, a):
