@@ -104,14 +104,16 @@ def test_pooling_matches_onnxruntime_property(op, kh, kw, sh, sw, ceil, pads, h,
     np.testing.assert_allclose(torch_run(GraphNet.from_onnx(model), x), ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("trans_a,trans_b,alpha,beta", [(0, 1, 1.0, 1.0), (0, 0, 0.5, 2.0), (1, 0, 1.5, 0.0)])
-def test_gemm_attributes(trans_a, trans_b, alpha, beta):
+@pytest.mark.parametrize("trans_a,trans_b,alpha,beta,c_shape", [(0, 1, 1.0, 1.0, (4,)), (0, 0, 0.5, 2.0, (1, 4)),
+                                                             (1, 0, 1.5, 0.0, (4,)), (0, 1, 1.0, 0.5, ())])
+def test_gemm_attributes(trans_a, trans_b, alpha, beta, c_shape):
     b = _w(4, 6) if trans_b else _w(6, 4)
     shape = np.array([6, 1] if trans_a else [1, 6], np.int64)  # transA reads a column
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["a"]),
              helper.make_node("Gemm", ["a", "b", "c"], ["y"], transA=trans_a, transB=trans_b, alpha=alpha,
                               beta=beta)]
-    net = assert_round_trip(make_model(nodes, {"b": b, "c": _w(4), "shape": shape}, [1, 6]), (1, 6))
+    c = _w(*c_shape) if c_shape else np.array(0.7, np.float32)
+    net = assert_round_trip(make_model(nodes, {"b": b, "c": c, "shape": shape}, [1, 6]), (1, 6))
     assert isinstance(net.module_of(net.nodes[1]), torch.nn.Linear)
 
 
@@ -151,6 +153,28 @@ def test_concat_identity_reshape_and_residual_add():
     model = make_model(nodes, {"w": _w(3, 3, 3, 3), "shape": np.array([1, -1], np.int64)}, [1, 3, 4, 4])
     net = assert_round_trip(model, (1, 3, 4, 4))
     assert net.tensor_shapes["y"] == (1, 96)
+
+
+def test_batchnorm_on_flattened_features_and_deepcopy():
+    import copy
+
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("BatchNormalization", ["f", "s", "b", "m", "v"], ["y"])]
+    inits = {"s": _w(8) + 1, "b": _w(8), "m": _w(8), "v": np.abs(_w(8)) + 0.5}
+    net = assert_round_trip(make_model(nodes, inits, [1, 2, 2, 2]), (1, 2, 2, 2))
+    twin = copy.deepcopy(net)
+    x = torch.rand(4, 2, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(twin.eval()(x), net.eval()(x))
+    net.train()(x)  # training mode runs on a 2-D batch too
+    assert net.nodes == twin.nodes
+
+
+def test_reshape_allowzero_is_refused():
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"], allowzero=1, name="rz")]
+    model = make_model(nodes, {"shape": np.array([1, -1], np.int64)}, [1, 2, 2, 2])
+    with pytest.raises(UnsupportedOpError, match="Reshape at node 'rz'.*allowzero"):
+        GraphNet.from_onnx(model)
 
 
 def _small_cnn():

@@ -125,6 +125,8 @@ def node_problem(node, consts: dict, graph_outputs: set) -> str | None:
             return "MaxPool with an indices output is not supported"
         if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
             return "auto_pad SAME_* is not supported; export with explicit pads"
+        if op == "AveragePool" and any(d != 1 for d in a.get("dilations", ())):
+            return "dilated AveragePool is not supported"
     elif op == "Clip":
         if any(i and i not in consts for i in ins[1:]):
             return "its min/max must be constants"
@@ -132,6 +134,8 @@ def node_problem(node, consts: dict, graph_outputs: set) -> str | None:
         if all(i in consts for i in ins):
             return "both operands are constants (fold them before export)"
     elif op == "Reshape":
+        if a.get("allowzero", 0):
+            return "allowzero=1 is not supported; export with allowzero=0 (the default)"
         if ins[1] not in consts:
             return ("its target shape is computed at run time (Shape/Gather/Concat); export with static "
                     "shapes and constant folding (torch.onnx.export(..., do_constant_folding=True)) or use "
@@ -157,6 +161,14 @@ def node_problem(node, consts: dict, graph_outputs: set) -> str | None:
 # ---------------------------------------------------------------------------------------------------
 # Torch building blocks
 # ---------------------------------------------------------------------------------------------------
+
+class _BatchNorm(torch.nn.BatchNorm2d):
+    """BatchNormalization over dim 1 for any input rank >= 2 (ONNX allows N x C as well as N x C x H x W)."""
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"BatchNormalization expects at least 2-D input, got {input.dim()}-D")
+
 
 class _Bias(torch.nn.Module):
     """A trainable constant operand of an ``Add`` (e.g. the bias after a ``MatMul``)."""
@@ -536,7 +548,7 @@ def _convert(n, name: str, consts: dict, opset: int):
     if op == "BatchNormalization":
         scale, bias, mean, var = (consts[i].astype(np.float32) for i in n.input[1:5])
         eps, mom = float(a.get("epsilon", 1e-5)), float(a.get("momentum", 0.9))
-        module = torch.nn.BatchNorm2d(scale.shape[0], eps=eps, momentum=1.0 - mom)
+        module = _BatchNorm(scale.shape[0], eps=eps, momentum=1.0 - mom)
         with torch.no_grad():
             module.weight.copy_(torch.from_numpy(scale))
             module.bias.copy_(torch.from_numpy(bias))
@@ -569,8 +581,6 @@ def _convert(n, name: str, consts: dict, opset: int):
             attrs["dilations"] = tuple(a.get("dilations", (1, 1)))
         else:
             attrs["count_include_pad"] = int(a.get("count_include_pad", 0))
-            if tuple(a.get("dilations", (1, 1))) != (1, 1):
-                raise UnsupportedOpError(f"AveragePool at node '{name}' uses dilations; not supported")
         return record(attrs), None
     if op == "Add":
         const_in = [i for i in n.input if i in consts]
@@ -582,8 +592,6 @@ def _convert(n, name: str, consts: dict, opset: int):
     if op == "Flatten":
         return record({"axis": int(a.get("axis", 1))}), None
     if op == "Reshape":
-        if a.get("allowzero", 0):
-            raise UnsupportedOpError(f"Reshape at node '{name}' uses allowzero=1; not supported")
         return record({"shape": tuple(int(s) for s in consts[n.input[1]])}), None
     if op == "Gemm":
         w = consts[n.input[1]].astype(np.float32)
@@ -594,7 +602,7 @@ def _convert(n, name: str, consts: dict, opset: int):
         with torch.no_grad():
             module.weight.copy_(torch.from_numpy(alpha * wt))
             if c is not None:
-                module.bias.copy_(torch.from_numpy(np.broadcast_to(beta * c, (wt.shape[0],)).copy()))
+                module.bias.copy_(torch.from_numpy(np.broadcast_to(beta * c, (1, wt.shape[0])).reshape(-1).copy()))
         return record({"transA": int(a.get("transA", 0))}), module
     if op == "MatMul":
         w = consts[n.input[1]].astype(np.float32)      # (in, out)
