@@ -170,6 +170,17 @@ def test_batchnorm_on_flattened_features_and_deepcopy():
     assert net.nodes == twin.nodes
 
 
+def test_direct_construction_checks_the_node_order():
+    net = GraphNet.from_onnx(from_torch(_small_cnn().eval(), (1, 10, 10)))
+    layers = dict(net.layers.items())
+    again = GraphNet(net.nodes, layers, net.input_name, net.output_name, net.input_shape)
+    assert again.tensor_shapes == net.tensor_shapes
+    with pytest.raises(ModelError, match="which no earlier node produces"):
+        GraphNet(net.nodes[::-1], layers, net.input_name, net.output_name, net.input_shape)
+    with pytest.raises(ModelError, match="no node produces the output 'nope'"):
+        GraphNet(net.nodes, layers, net.input_name, "nope", net.input_shape)
+
+
 def test_reshape_allowzero_is_refused():
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"], allowzero=1, name="rz")]
     model = make_model(nodes, {"shape": np.array([1, -1], np.int64)}, [1, 2, 2, 2])

@@ -204,6 +204,7 @@ class GraphNet(torch.nn.Module):
         self.output_name = output_name
         self.input_shape = tuple(int(d) for d in input_shape)
         self.tensor_shapes: dict = {}
+        self._check_order()
         self._refresh_indices()
         self.tensor_shapes = self._trace_shapes()
 
@@ -230,19 +231,19 @@ class GraphNet(torch.nn.Module):
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), EXPORT_OPSET)
 
         # keep only the cone of `output`
-        producer = {o: n for n in g.node for o in n.output}
+        onodes = list(g.node)
+        producer = {o: i for i, n in enumerate(onodes) for o in n.output}
         needed, stack = set(), [output]
         while stack:
-            t = stack.pop()
-            n = producer.get(t)
-            if n is None or id(n) in needed:
+            i = producer.get(stack.pop())
+            if i is None or i in needed:
                 continue
-            needed.add(id(n))
-            stack.extend(i for i in n.input if i)
+            needed.add(i)
+            stack.extend(t for t in onodes[i].input if t)
 
         nodes, layers, used_names, used_keys = [], {}, set(), set()
-        for index, n in enumerate(g.node):
-            if id(n) not in needed or n.op_type == "Constant" or n.output[0] in consts:
+        for index, n in enumerate(onodes):
+            if index not in needed or n.op_type == "Constant" or n.output[0] in consts:
                 continue
             name = n.name or f"{n.op_type}_{index}"
             while name in used_names:
@@ -260,6 +261,20 @@ class GraphNet(torch.nn.Module):
         if not nodes:
             raise ModelError("the model has no operations between its input and output")
         return cls(nodes, layers, inp.name, output, input_shape)
+
+    def _check_order(self):
+        """Every node reads the input or earlier outputs, and the output is produced."""
+        known = {self.input_name}
+        for n in self.nodes:
+            missing = [t for t in n.inputs if t not in known]
+            if missing:
+                raise ModelError(f"node '{n.name}' reads {missing}, which no earlier node produces; "
+                                 "give the nodes in topological order")
+            if n.module is not None and n.module not in self.layers:
+                raise ModelError(f"node '{n.name}' refers to module '{n.module}', which is not in layers")
+            known.update(n.outputs)
+        if self.output_name not in known:
+            raise ModelError(f"no node produces the output '{self.output_name}'")
 
     def _refresh_indices(self):
         self._producer = {o: i for i, n in enumerate(self.nodes) for o in n.outputs}
