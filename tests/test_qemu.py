@@ -6,6 +6,8 @@ own ta/ source, built and signed with Debian's OP-TEE TA dev kit.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +117,95 @@ def test_runner_rejects_bad_input(tmp_path):
         qemu.run_cpm(tmp_path, np.zeros((1, 4), np.float64))
     with pytest.raises(UsageError, match="2-D"):
         qemu.run_cpm(tmp_path, np.zeros(4, np.float32))
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole pipeline: a protected zoo model, its TA, 100 real Fashion-MNIST test images
+
+N_IMAGES = 100
+
+
+def _mirrornet(*args, cwd):
+    exe = Path(sys.executable).with_name("mirrornet")
+    return subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+def _step(args, cwd):
+    proc = _mirrornet(*args, cwd=cwd)
+    if proc.returncode == 3 and "not built yet" in proc.stderr:
+        pytest.skip(f"`mirrornet {args[0]}` is not built yet: {proc.stderr.strip()}")
+    assert proc.returncode == 0, f"mirrornet {' '.join(map(str, args))}:\n{proc.stdout}\n{proc.stderr}"
+
+
+def _vm_outputs(vm, name, x):
+    import tvm
+
+    out = vm[name](tvm.runtime.tensor(x))
+    items = list(out) if hasattr(out, "__len__") and not hasattr(out, "numpy") else [out]
+    return [np.asarray(o.numpy(), np.float32) for o in items]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from tvm import relax
+    import tvm
+
+    from mirrornet_tvm import data
+
+    d = tmp_path_factory.mktemp("pipeline")
+    _step(["train-base", "--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "1", "--subset",
+           "2000", "-q", "-o", d / "lenet.onnx"], d)
+    _step(["protect", d / "lenet.onnx", "--dataset", "fashion-mnist", "--auto", "--epochs", "1",
+           "--subset", "2000", "-q", "-o", d / "artifact"], d)
+    _step(["compile", d / "artifact", "-o", d / "build"], d)
+    _step(["package-ta", d / "build"], d)
+    x_test = data.load("fashion-mnist")[2][:N_IMAGES]
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(d / "build" / "backbone.so")), tvm.cpu())
+    # backbone(input) -> the taps in strategy order (+ backbone_logits for a "correction" CPM): exactly
+    # what the CPM reads, concatenated.
+    taps = np.stack([np.concatenate([t.ravel() for t in _vm_outputs(vm, "backbone", x[None])])
+                     for x in x_test]).astype(np.float32)
+    res = qemu.run_cpm(d / "build", taps, timeout=300, log_dir=d / "qemu-logs")
+    # The reference: the combined model (backbone + CPM, `logits` first) compiled for the Relax VM.
+    from mirrornet_tvm import frontend
+
+    combined = relax.VirtualMachine(tvm.compile(frontend.to_relax(d / "artifact" / "combined.onnx"), "llvm"),
+                                    tvm.cpu())
+    return d, x_test, taps, combined, res
+
+
+def _as_policy(logits, policy):
+    if policy == "label":
+        return np.argmax(logits, axis=1).astype(np.int32)
+    if policy == "probs":
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return logits
+
+
+def _check(res, expected_logits):
+    want = _as_policy(np.asarray(expected_logits, np.float32), res.policy)
+    if res.policy == "label":
+        np.testing.assert_array_equal(res.outputs, want)
+    else:
+        np.testing.assert_allclose(res.outputs, want, rtol=1e-5, atol=1e-5)
+
+
+def test_protected_model_in_optee_matches_the_relax_vm(pipeline):
+    d, x_test, taps, vm, res = pipeline
+    assert res.outputs.shape[0] == N_IMAGES and res.client == "mirrornet_client"
+    rectified = np.stack([_vm_outputs(vm, "main", x[None])[0].ravel() for x in x_test])
+    _check(res, rectified)
+    assert {m.origin for m in res.malformed} == {"trusted_app"} and res.recovered
+
+
+def test_protected_model_in_optee_matches_the_simulator(pipeline):
+    d, x_test, taps, vm, res = pipeline
+    session = pytest.importorskip("mirrornet_tvm.tee.session",
+                                  reason="the host TEE simulator's TeeSession is not built yet")
+    with session.TeeSession(d / "build") as s:
+        sim = np.stack([s.run(t) for t in taps])
+    if res.policy == "label":
+        np.testing.assert_array_equal(res.outputs, sim.reshape(res.outputs.shape))
+    else:
+        np.testing.assert_allclose(res.outputs, sim.reshape(res.outputs.shape), rtol=1e-5, atol=1e-5)
