@@ -42,7 +42,14 @@ def _load_proto(model_or_path) -> tuple[onnx.ModelProto, str]:
             raise ModelError(f"ONNX file {path} not found; give the path to an existing .onnx model")
         if not path.is_file():
             raise ModelError(f"{path} is not a file; give the path to an .onnx model")
-        data = path.read_bytes()
+        if path.stat().st_size == 0:
+            raise ModelError(f"{where} is empty; it is not an ONNX model (re-export or re-download it)")
+        try:
+            proto = onnx.load(str(path))  # also reads external weight files next to it
+        except (DecodeError, ValueError, RuntimeError, OSError) as err:
+            raise ModelError(f"{where} is not a readable ONNX model ({_one_line(err)}); "
+                             "the file is corrupt or not ONNX, re-export it") from None
+        return _nonempty(proto, where), where
     else:
         raise ModelError(f"expected an ONNX file path or onnx.ModelProto, got {type(model_or_path).__name__}")
     if not data:
@@ -50,11 +57,20 @@ def _load_proto(model_or_path) -> tuple[onnx.ModelProto, str]:
     try:
         proto = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as err:
-        raise ModelError(f"{where} is not a readable ONNX model (protobuf parse failed: {err}); "
+        raise ModelError(f"{where} is not a readable ONNX model ({_one_line(err)}); "
                          "the file is corrupt or not ONNX, re-export it") from None
+    return _nonempty(proto, where), where
+
+
+def _one_line(err) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
+def _nonempty(proto, where):
     if not proto.graph.node and not proto.graph.input:
         raise ModelError(f"{where} holds no ONNX graph (corrupt or not an ONNX file); re-export it")
-    return proto, where
+    return proto
 
 
 def _dtype_name(elem_type: int) -> str:
@@ -75,7 +91,8 @@ def check_onnx(model_or_path) -> onnx.ModelProto:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"{where} fails the ONNX checker: {first}; re-export the model") from None
+        raise ModelError(f"{where} fails the ONNX checker ({first}): it is corrupt or invalid; "
+                         "re-export the model") from None
     g = proto.graph
     for imp in proto.opset_import:
         if imp.domain not in ("", "ai.onnx"):
@@ -192,7 +209,7 @@ def to_relax(model, output_names=None):
     try:
         mod = from_onnx(proto, shape_dict={name: list(shape)}, keep_params_in_input=False)
     except Exception as err:  # the importer raises many types; say which model and why
-        raise ModelError(f"TVM could not import the model into Relax: {type(err).__name__}: {err}") from None
+        raise ModelError(f"TVM could not import the model into Relax ({_one_line(err)})") from None
     names = [o.name for o in proto.graph.output]
     mod["main"] = mod["main"].with_attr(OUTPUT_NAMES_ATTR, names)
     return mod
@@ -240,7 +257,8 @@ def from_torch(module, input_shape) -> onnx.ModelProto:
             torch.onnx.export(module, (torch.zeros(shape),), buf, dynamo=False, opset_version=TORCH_EXPORT_OPSET,
                               input_names=["input"], output_names=["logits"], do_constant_folding=True)
     except Exception as err:
-        raise ModelError(f"torch.onnx.export failed for {type(module).__name__} with input {shape}: {err}") from None
+        raise ModelError(f"torch.onnx.export failed for {type(module).__name__} with input {list(shape)} "
+                         f"({_one_line(err)}); check the input shape and that the module is traceable") from None
     finally:
         module.train(was_training)
     return check_onnx(onnx.load_model_from_string(buf.getvalue()))

@@ -50,7 +50,13 @@ def render_text(path, summary, taps) -> str:
 @click.argument("model", metavar="MODEL.onnx")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect(model, as_json):
-    """Layers, shapes, FLOPs, params and candidate taps of an ONNX model."""
+    """Layers, shapes, FLOPs, params and candidate taps of an ONNX model.
+
+    The model needs one float32 input of static shape [1, C, H, W] and only these ops: Conv,
+    BatchNormalization, Relu, LeakyRelu, Clip, MaxPool, AveragePool, GlobalAveragePool, Add, Concat,
+    Flatten, Reshape (constant shape), Gemm, MatMul (constant weight), Softmax (final), Identity, Constant.
+    Taps are cut points after an activation, a pooling or a residual Add, named b<k>_<op>.
+    """
     from ..analysis import as_graph, candidate_taps, model_summary
     from ..frontend import load_model
 
