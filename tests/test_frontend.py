@@ -289,14 +289,15 @@ def test_reshape_shape_from_shape_op_is_explained():
 
 def test_weights_in_an_external_data_file(tmp_path):
     proto = from_torch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), (1, 5, 5))
+    x = np.random.default_rng(0).random((1, 1, 5, 5), dtype=np.float32)
+    ref = ort_run(proto, x)[0]
     path = tmp_path / "ext.onnx"
     onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.bin",
-              size_threshold=0)
+              size_threshold=0)  # (moves the weights out of `proto` too)
     assert (tmp_path / "ext.bin").exists()
-    x = np.random.default_rng(0).random((1, 1, 5, 5), dtype=np.float32)
     with torch.no_grad():
         got = load_model(path).graph().eval()(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(got, ort_run(proto, x)[0], atol=1e-6)
+    np.testing.assert_allclose(got, ref, atol=1e-6)
 
 
 def test_check_onnx_returns_the_proto_and_relax_names_outputs():
