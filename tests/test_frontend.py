@@ -168,6 +168,9 @@ def test_load_model_from_file_and_module(tmp_path):
         load_model(path, input_shape=(3, 28, 28))
     with pytest.raises(ModelError, match="needs an input shape"):
         load_model(LeNetLike())
+    carrying = LeNetLike()
+    carrying.in_shape = (1, 28, 28)
+    assert load_model(carrying).input_shape == (1, 1, 28, 28)
     with pytest.raises(ModelError, match=r"must be \(C, H, W\) or \(1, C, H, W\)"):
         from_torch(LeNetLike(), (2, 1, 28, 28))
     with pytest.raises(ModelError, match="expected a torch.nn.Module"):

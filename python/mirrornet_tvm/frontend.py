@@ -229,7 +229,7 @@ def output_names_of(mod) -> list:
 
 def _static_shape(input_shape) -> tuple:
     if input_shape is None:
-        raise ModelError("a torch module needs an input shape, e.g. input_shape=(1, 28, 28)")
+        raise ModelError("a torch module needs an input shape, e.g. load_model(module, input_shape=(1, 28, 28))")
     try:
         shape = tuple(int(d) for d in input_shape)
     except (TypeError, ValueError):
@@ -303,13 +303,18 @@ class Model:
 
 
 def load_model(path_or_module, input_shape=None) -> Model:
-    """Load an ONNX file / ``onnx.ModelProto`` or a ``torch.nn.Module`` (with ``input_shape``) as a Model."""
+    """Load an ONNX file / ``onnx.ModelProto`` or a ``torch.nn.Module`` as a Model.
+
+    A module needs ``input_shape`` ((C, H, W) or (1, C, H, W)) unless it has an ``in_shape`` attribute.
+    """
     try:
         import torch
         is_module = isinstance(path_or_module, torch.nn.Module)
     except ImportError:  # pragma: no cover - torch is a dependency
         is_module = False
     if is_module:
+        if input_shape is None:  # the zoo's models carry their input shape
+            input_shape = getattr(path_or_module, "in_shape", None)
         return Model(from_torch(path_or_module, input_shape), type(path_or_module).__name__)
     proto = check_onnx(path_or_module)
     source = str(path_or_module) if isinstance(path_or_module, (str, os.PathLike)) else "<onnx model>"
