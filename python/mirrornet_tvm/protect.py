@@ -12,7 +12,6 @@ checked against PyTorch in onnxruntime on test images before the artifact is dec
 """
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -206,10 +205,6 @@ def load_metrics(artifact_dir) -> dict:
         if key not in metrics:
             raise ArtifactError(f"{path} lacks '{key}': it was not written by mirrornet protect")
     return metrics
-
-
-def command_line(argv=None) -> str:
-    return "mirrornet " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
 
 __all__ = ["protect", "choose_strategy", "load_metrics", "check_targets", "ProtectResult", "ARTIFACT_FILES"]

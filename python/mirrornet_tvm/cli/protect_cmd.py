@@ -7,6 +7,24 @@ from ..training import TAILS, JointConfig
 _D = JointConfig()
 
 
+def _command_line() -> str:
+    """The command as given: the arguments and every option set on the command line."""
+    import shlex
+
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    words = ["mirrornet", ctx.info_name]
+    for p in ctx.command.params:
+        value = ctx.params[p.name]
+        if isinstance(p, click.Argument):
+            words.append(str(value))
+        elif ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE:
+            flag = max(p.opts, key=len)
+            words += [flag] if p.is_flag else [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 @click.command("protect")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--dataset", required=True, help="fashion-mnist, mnist, their -rgb variants, or a .npz path.")
@@ -41,7 +59,7 @@ def protect(model, dataset, strategy_file, auto, degradation, epochs, subset, se
             lr_backbone, lam, adv, distill, tail, budget_kib, threads, resume, force, quiet, out_dir):
     """Turn MODEL (ONNX) into a MirrorNet: joint training of backbone and CPM, artifact in -o."""
     from ..errors import UsageError
-    from ..protect import command_line, protect as run
+    from ..protect import protect as run
 
     if budget_kib < 1:
         raise UsageError(f"--budget-kib must be positive, got {budget_kib}")
@@ -49,7 +67,7 @@ def protect(model, dataset, strategy_file, auto, degradation, epochs, subset, se
                          lam=lam, adv=adv, distill=distill, tail=tail, seed=seed)
     result = run(model, dataset, out_dir, strategy=strategy_file, auto=auto, config=config, subset=subset,
                  budget_bytes=budget_kib * 1024, degradation=degradation, resume=resume, force=force,
-                 threads=threads, progress=not quiet, command=command_line())
+                 threads=threads, progress=not quiet, command=_command_line())
     from .report_cmd import format_report
 
     click.echo(format_report(result.metrics, str(result.out_dir)))
