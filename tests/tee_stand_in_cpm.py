@@ -171,3 +171,13 @@ def write_stand_in_build(build_dir, tap_sizes=(72, 40), num_classes=10, seed=7, 
         manifest["cpm"]["stack_bytes"] = int(stack_bytes)
     (build_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return cpm
+
+
+def packaged_stand_in(build_dir, policy="logits", shm_limit=512 * 1024, sim_only=True, misbehave=False,
+                      tap_sizes=(72, 40), num_classes=10, seed=7, **package_options):
+    """A stand-in build folder run through `package_ta`; returns (StandInCpm, PackagedTa)."""
+    from mirrornet_tvm.tee.package import package_ta
+
+    cpm = write_stand_in_build(build_dir, tap_sizes, num_classes, seed, misbehave)
+    packaged = package_ta(build_dir, policy=policy, shm_limit=shm_limit, sim_only=sim_only, **package_options)
+    return cpm, packaged

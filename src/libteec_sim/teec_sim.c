@@ -455,6 +455,18 @@ TEEC_Result TEEC_InitializeContext(const char *name, TEEC_Context *context)
 	return TEEC_SUCCESS;
 }
 
+TEEC_Result mirrornet_teec_sim_set_timeout(TEEC_Context *context, int timeout_ms)
+{
+	struct sim_context *c = context ? context->imp.sim : NULL;
+
+	if (!c || timeout_ms <= 0) {
+		set_error("mirrornet_teec_sim_set_timeout: no context or a timeout <= 0");
+		return TEEC_ERROR_BAD_PARAMETERS;
+	}
+	c->timeout_ms = timeout_ms;
+	return TEEC_SUCCESS;
+}
+
 void TEEC_FinalizeContext(TEEC_Context *context)
 {
 	if (!context)

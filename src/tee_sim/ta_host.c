@@ -12,10 +12,15 @@
  *     guard page: a TA that reads or writes past a size it was given crashes instead of silently
  *     reading other memory.
  * A crash or TEE_Panic ends the process; the client library answers TEEC_ERROR_TARGET_DEAD.
+ *
+ * With $MIRRORNET_TEE_SIM_STATS set to a file name, a session that closes writes the instance's
+ * high-water marks there: "stack_peak=<bytes> heap_peak=<bytes> stack_size=<bytes> heap_size=<bytes>".
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +43,8 @@
 #endif
 
 static uint8_t ta_heap[TA_DATA_SIZE] __attribute__((aligned(16)));
+
+#define STACK_FILL 0xa5
 
 static size_t page_size;
 static uint8_t *stack_guard;   /* the guard page below the TA stack */
@@ -129,6 +136,7 @@ static void setup_process(void)
 	}
 	stack_guard = map;
 	stack_base = map + page_size;
+	memset(stack_base, STACK_FILL, len - page_size); /* for the high-water mark */
 
 	ss.ss_sp = alt_stack;
 	ss.ss_size = sizeof(alt_stack);
@@ -144,6 +152,35 @@ static void setup_process(void)
 	signal(SIGPIPE, SIG_IGN);
 
 	tee_sim_heap_init(ta_heap, sizeof(ta_heap));
+}
+
+/* Bytes of the TA stack ever used (the stack grows down from stack_base + TA_STACK_SIZE). */
+static size_t stack_peak(void)
+{
+	size_t i = 0;
+
+	while (i < TA_STACK_SIZE && stack_base[i] == STACK_FILL)
+		i++;
+	return TA_STACK_SIZE - i;
+}
+
+static void write_stats(void)
+{
+	const char *path = getenv("MIRRORNET_TEE_SIM_STATS");
+	char line[160];
+	int fd, n;
+
+	if (!path || !*path)
+		return;
+	n = snprintf(line, sizeof(line), "stack_peak=%zu heap_peak=%zu stack_size=%zu heap_size=%zu\n",
+		     stack_peak(), tee_sim_heap_peak(), (size_t)TA_STACK_SIZE, (size_t)TA_DATA_SIZE);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return;
+	if (write(fd, line, (size_t)n) < 0) {
+		/* statistics are best effort */
+	}
+	close(fd);
 }
 
 /* ---- socket I/O ---------------------------------------------------------------------------------- */
@@ -370,7 +407,9 @@ int main(int argc, char **argv)
 			tee_sim_log("request out of order, kind", NULL, req.kind);
 			return 103;
 		}
-		if (serve(&req))
+		if (serve(&req)) {
+			write_stats();
 			return 0;
+		}
 	}
 }

@@ -121,7 +121,7 @@ def load_abi(header=None) -> TaAbi:
         text = header.read_text()
     except OSError as err:
         raise TeeError(f"cannot read the TA contract header {header}: {err}") from err
-    defines = dict(re.findall(r"^#define\s+(MIRRORNET_TA_\w+)\s+(\S+)", text, flags=re.M))
+    defines = dict(re.findall(r"^#define[ \t]+(MIRRORNET_TA_\w+)[ \t]+(\S+)", text, flags=re.M))
     try:
         uuid = re.search(r'^#define\s+MIRRORNET_TA_UUID_STRING\s+"([0-9a-f-]{36})"', text, re.M).group(1)
         commands = {k[len("MIRRORNET_TA_CMD_"):]: _int(v) for k, v in defines.items()

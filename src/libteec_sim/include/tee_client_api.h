@@ -154,8 +154,10 @@ TEEC_Result TEEC_AllocateSharedMemory(TEEC_Context *context, TEEC_SharedMemory *
 void TEEC_ReleaseSharedMemory(TEEC_SharedMemory *sharedMemory);
 void TEEC_RequestCancellation(TEEC_Operation *operation);
 
-/* Simulator extension (not GP API): why the last call of this thread failed, or "". */
+/* Simulator extensions (not GP API): why the last call of this thread failed, or ""; and the
+ * longest wait for the TA of every session opened in this context from now on. */
 const char *mirrornet_teec_sim_last_error(void);
+TEEC_Result mirrornet_teec_sim_set_timeout(TEEC_Context *context, int timeout_ms);
 
 #ifdef __cplusplus
 }
