@@ -211,6 +211,31 @@ def test_taps_are_addressable_in_relax():
         np.testing.assert_allclose(got.numpy(), ref[t.tensor].numpy(), atol=1e-4)
 
 
+def test_relax_with_taps_names_outputs_by_tap():
+    import tvm
+    from tvm import relax
+
+    from mirrornet_tvm.analysis import relax_with_taps
+
+    torch.manual_seed(0)
+    model = load_model(Plain().eval(), (1, 10, 10))
+    mod = relax_with_taps(model, ["b1_maxpool", "b4_relu"])
+    assert output_names_of(mod) == ["logits", "tap:b1_maxpool", "tap:b4_relu"]
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    x = np.random.default_rng(0).random((1, 1, 10, 10), dtype=np.float32)
+    outs = [o.numpy() for o in vm["main"](tvm.runtime.tensor(x))]
+    taps = {t.name: t for t in candidate_taps(model)}
+    with torch.no_grad():
+        logits, ref = model.graph().eval()(torch.from_numpy(x), return_tensors=[taps["b1_maxpool"].tensor,
+                                                                                taps["b4_relu"].tensor])
+    np.testing.assert_allclose(outs[0], logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(outs[1], ref[taps["b1_maxpool"].tensor].numpy(), atol=1e-4)
+    np.testing.assert_allclose(outs[2], ref[taps["b4_relu"].tensor].numpy(), atol=1e-4)
+    assert output_names_of(relax_with_taps(model.proto))[1:] == [f"tap:{n}" for n in taps]
+    with pytest.raises(StrategyError, match="no tap.*b7_add"):
+        relax_with_taps(model, ["b7_add"])
+
+
 def test_tap_by_name():
     g = _graph(Plain(), (1, 10, 10))
     assert tap_by_name(g, "b1_maxpool").shape == (1, 4, 5, 5)

@@ -223,3 +223,35 @@ def tap_by_name(model, name: str) -> Tap:
             return tap
     raise StrategyError(f"no tap '{name}' in this model; its candidate taps are "
                         f"{', '.join(t.name for t in taps) or '(none)'}")
+
+
+def relax_with_taps(model, names=None):
+    """The Relax form of ``model`` with the candidate taps (all, or those ``names``) as extra outputs.
+
+    The outputs are the model's own, then ``tap:<name>`` per tap; ``main``'s ``mirrornet.output_names``
+    lists them in that order, so a pass can find a tap in Relax by its analysis name.
+    """
+    import onnx
+    from onnx import helper
+
+    from .errors import StrategyError
+    from .frontend import check_onnx, to_relax
+
+    loaded = model if callable(getattr(model, "graph", None)) and hasattr(model, "proto") else None
+    proto = loaded.proto if loaded is not None else check_onnx(model)
+    taps = {t.name: t for t in candidate_taps(loaded if loaded is not None else proto)}
+    names = list(taps) if names is None else list(names)
+    unknown = [n for n in names if n not in taps]
+    if unknown:
+        raise StrategyError(f"no tap(s) {', '.join(unknown)} in this model; its candidate taps are "
+                            f"{', '.join(taps) or '(none)'}")
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    existing = {o.name for o in out.graph.output}
+    for name in names:
+        tap, oname = taps[name], f"tap:{name}"
+        if oname in existing:
+            continue
+        out.graph.node.append(helper.make_node("Identity", [tap.tensor], [oname], name=f"output:{oname}"))
+        out.graph.output.append(helper.make_tensor_value_info(oname, onnx.TensorProto.FLOAT, list(tap.shape)))
+    return to_relax(out)
