@@ -142,8 +142,13 @@ fetch_pkg() {
   rm -rf "$tmp"
   mkdir -p "$tmp/deb" "$tmp/root"
   say "downloading $pkg:arm64 ($suite)"
-  (cd "$tmp/deb" && apt-get download -q "$pkg:arm64" >&2) \
-    || die "package $pkg:arm64 is not available in suite $suite (check $CACHE/apt/$suite/sources.list)"
+  if ! (cd "$tmp/deb" && apt-get download -q "$pkg:arm64" >&2); then
+    # The package lists may be stale (the mirror moved on): refresh them once and retry.
+    rm -f "$CACHE/apt/$suite/state/updated"
+    apt_setup "$suite"
+    (cd "$tmp/deb" && apt-get download -q "$pkg:arm64" >&2) \
+      || die "package $pkg:arm64 is not available in suite $suite (check $CACHE/apt/$suite/sources.list)"
+  fi
   local deb
   deb="$(ls "$tmp"/deb/*.deb)"
   dpkg-deb -x "$deb" "$tmp/root"
