@@ -1,0 +1,173 @@
+"""Default CPU schedules for CPM kernels that the tuning database has no record for.
+
+TVM's legalized kernels are naive loop nests: a convolution loops over every output pixel and,
+innermost, over the 3x3 taps of one input channel, re-reading the same weights for each pixel and
+leaving nothing for a C compiler to vectorize. This rule gives each reduction a register-blocked
+order with one output row innermost::
+
+    for co, y:                               for co, y:
+      for x:                                   acc[0:W] = 0                  (registers)
+        for ci, ky, kx:              ->        for ci, ky, kx:
+          out[co,y,x] += in*w                    acc[0:W] += in[ci, y+ky, kx:kx+W] * w[co,ci,ky,kx]
+                                               plane[y, 0:W] = acc[0:W]
+                                             out[co] = epilogue(plane)
+
+The row accumulator is a small ``local`` buffer (a C array that the compiler keeps in vector
+registers), the row loops are unrolled into straight-line code that gcc and LLVM alike turn into
+SIMD (the reduction loops are fused into one, so no tiny loop sits between the rows and the
+vectorizer), each weight is loaded once per row, and the elementwise epilogue (bias, ReLU, residual add)
+follows plane by plane while the plane is in cache, so the reduction's full-size intermediate never
+exists.
+Rows wider than ``MAX_ROW`` are tiled by a divisor of their width. A reduction whose inputs are
+not contiguous along the output row (a global average pool, a product with a [N, K] weight) keeps
+its order: there the reduction axis is the contiguous one. Elementwise chains are inlined.
+
+It is a ``dlight`` ScheduleRule: ``dlight.ApplyDefaultSchedule(CpmCpuSchedule())``.
+"""
+from __future__ import annotations
+
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+
+_DATA_PAR = 0
+_COMM_REDUCE = 2
+MIN_ROW = 4  # a shorter innermost row is not worth moving inside the reduction
+MAX_ROW = 16  # widest row kept in registers and unrolled (16 floats: four 128-bit vectors)
+
+
+def _is_spatial(sch, block_rv) -> bool:
+    return all(int(iv.iter_type) == _DATA_PAR for iv in sch.get(block_rv).iter_vars)
+
+
+def _uses(expr, var) -> bool:
+    hits = []
+    tvm_ffi.structural_walk(expr, [(type(var), lambda node: hits.append(node.same_as(var)))])
+    return any(hits)
+
+
+def _inline_elementwise(sch, root) -> None:
+    """Inline spatial blocks whose consumers are all spatial (keep pads that feed a reduction)."""
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+    changed = True
+    while changed:
+        changed = False
+        for block_rv in sch.get_child_blocks(root):
+            if sch.get(block_rv).name_hint in outputs or not _is_spatial(sch, block_rv):
+                continue
+            consumers = sch.get_consumers(block_rv)
+            if not consumers or not all(_is_spatial(sch, c) for c in consumers):
+                continue
+            try:
+                sch.compute_inline(block_rv)
+            except Exception:  # noqa: BLE001 - not inlinable: keep the block
+                continue
+            changed = True
+            break
+
+
+def _loops_by_iter(sch, block_rv):
+    """The block's loops and, per block iter var, the index of the loop binding it (or None)."""
+    loops = sch.get_loops(block_rv)
+    loop_vars = [sch.get(loop).loop_var for loop in loops]
+    realize = s_tir.schedule.schedule._ffi_api.GetSBlockRealize(sch, block_rv)  # noqa: SLF001
+    bound = [next((i for i, lv in enumerate(loop_vars) if value.same_as(lv)), None)
+             for value in realize.iter_values]
+    return loops, bound
+
+
+def _row_tile(width: int) -> int | None:
+    """Columns per register tile: the whole row if it fits, else the largest divisor <= MAX_ROW."""
+    if width <= MAX_ROW:
+        return width
+    best = max((d for d in range(MIN_ROW, MAX_ROW + 1) if width % d == 0), default=None)
+    return best
+
+
+def _unroll_innermost(sch, block_rv) -> None:
+    loops = sch.get_loops(block_rv)
+    if loops and int(sch.get(loops[-1]).extent) <= MAX_ROW:
+        sch.unroll(loops[-1])
+
+
+def _schedule_reduction(sch, block_rv) -> None:
+    block = sch.get(block_rv)
+    loops, bound = _loops_by_iter(sch, block_rv)
+    if any(b is None for b in bound) or len(set(bound)) != len(bound) or len(bound) != len(loops):
+        return
+    kinds = [int(iv.iter_type) for iv in block.iter_vars]
+    order = sorted(range(len(bound)), key=lambda i: bound[i])  # iter vars in loop order
+    first_r = next((k for k, i in enumerate(order) if kinds[i] == _COMM_REDUCE), None)
+    if first_r is None or any(kinds[i] != _COMM_REDUCE for i in order[first_r:]) or len(block.writes) != 1:
+        return
+    spatial, reductions = order[:first_r], order[first_r:]
+    row = spatial[-1] if spatial else None
+    row_var = block.iter_vars[row].var if row is not None else None
+    width = int(block.iter_vars[row].dom.extent) if row is not None else 0
+    movable = (
+        row is not None
+        and width >= MIN_ROW
+        and block.writes[0].region[-1].min.same_as(row_var)
+        and all(not any(_uses(r.min, row_var) for r in read.region) or _uses(read.region[-1].min, row_var)
+                for read in block.reads)
+    )
+    if not movable:
+        sch.decompose_reduction(block_rv, loops[bound[reductions[0]]])
+        return
+    tile = _row_tile(width)
+    outer = [loops[bound[i]] for i in spatial[:-1]]
+    if tile is None or tile == width:
+        sch.reorder(*outer, *[loops[bound[i]] for i in reductions], loops[bound[row]])
+        row_outer = outer[-1] if outer else None
+    else:
+        row_outer, _ = sch.split(loops[bound[row]], factors=[None, tile])
+        loops, bound = _loops_by_iter(sch, block_rv)
+        sch.reorder(*outer, row_outer, *[loops[bound[i]] for i in reductions], loops[-1])
+    if tile is None or row_outer is None:
+        loops, bound = _loops_by_iter(sch, block_rv)
+        sch.decompose_reduction(block_rv, loops[min(bound[i] for i in reductions)])
+        return
+    # one reduction loop: a tiny innermost loop (kx of extent 3) gets fully unrolled by gcc, which
+    # then cannot vectorize the row (its basic-block SLP needs the row statements in one loop body)
+    loops, bound = _loops_by_iter(sch, block_rv)
+    if len(reductions) > 1:
+        sch.fuse(*[loops[bound[i]] for i in reductions])
+    # register tile: accumulate one row (or row tile) in a local buffer under row_outer
+    writeback = sch.cache_write(block_rv, 0, "local")
+    sch.reverse_compute_at(writeback, row_outer, preserve_unit_loops=True)
+    loops, bound = _loops_by_iter(sch, block_rv)
+    init = sch.decompose_reduction(block_rv, loops[-2])  # loops: ..., fused reduction, row
+    for rv in (init, block_rv, writeback):
+        _unroll_innermost(sch, rv)
+    # the elementwise epilogue runs plane by plane, in its own loop after the rows: gcc's SLP
+    # vectorizer gives up on a row whose basic block also holds the epilogue's float compares
+    consumers = sch.get_consumers(writeback)
+    plane = sch.get_loops(writeback)
+    plane = plane[-3] if len(plane) >= 3 else None  # loops: ..., plane, row_outer, row
+    if plane is not None and len(consumers) == 1 and _is_spatial(sch, consumers[0]):
+        try:
+            sch.reverse_compute_at(consumers[0], plane, preserve_unit_loops=True)
+        except Exception:  # noqa: BLE001 - epilogue reads across planes: leave it at the end
+            pass
+
+
+class CpmCpuSchedule(ScheduleRule):
+    """Register-blocked rows for reductions, inlined elementwise chains: see the module docstring."""
+
+    def apply(self, func, target, tunable):  # noqa: ARG002 - ScheduleRule protocol
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            root = sch.get_sblock("root")
+        except Exception:  # noqa: BLE001 - no root block: not a schedulable kernel
+            return None
+        _inline_elementwise(sch, root)
+        for block_rv in sch.get_child_blocks(root):
+            if _is_spatial(sch, block_rv):
+                continue
+            try:
+                _schedule_reduction(sch, block_rv)
+            except Exception:  # noqa: BLE001 - a pattern this rule does not handle: keep it as is
+                continue
+        return sch
