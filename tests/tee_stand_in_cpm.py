@@ -168,7 +168,7 @@ def write_stand_in_build(build_dir, tap_sizes=(72, 40), num_classes=10, seed=7, 
         },
     }
     if stack_bytes is not None:
-        manifest["cpm"]["stack_bytes"] = int(stack_bytes)
+        manifest["cpm"]["max_stack_bytes"] = int(stack_bytes)
     (build_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return cpm
 

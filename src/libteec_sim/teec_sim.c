@@ -98,14 +98,18 @@ static int recv_full(int fd, void *buf, size_t n, long long deadline)
 	uint8_t *p = buf;
 
 	while (n) {
-		ssize_t r;
-		int w = wait_fd(fd, POLLIN, deadline);
+		/* Try first, wait only when nothing is there yet. */
+		ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
 
-		if (w)
-			return w;
-		r = recv(fd, p, n, 0);
-		if (r < 0 && (errno == EINTR || errno == EAGAIN))
+		if (r < 0 && errno == EINTR)
 			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int w = wait_fd(fd, POLLIN, deadline);
+
+			if (w)
+				return w;
+			continue;
+		}
 		if (r <= 0)
 			return -1;
 		p += r;
@@ -118,14 +122,17 @@ static int send_iov(int fd, struct iovec *iov, int iovcnt, long long deadline)
 {
 	while (iovcnt > 0) {
 		struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)iovcnt };
-		ssize_t r;
-		int w = wait_fd(fd, POLLOUT, deadline);
+		ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
 
-		if (w)
-			return w;
-		r = sendmsg(fd, &msg, MSG_NOSIGNAL);
-		if (r < 0 && (errno == EINTR || errno == EAGAIN))
+		if (r < 0 && errno == EINTR)
 			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int w = wait_fd(fd, POLLOUT, deadline);
+
+			if (w)
+				return w;
+			continue;
+		}
 		if (r < 0)
 			return -1;
 		while (iovcnt > 0 && (size_t)r >= iov->iov_len) {
@@ -551,6 +558,14 @@ TEEC_Result TEEC_OpenSession(TEEC_Context *context, TEEC_Session *session,
 		set_error("socketpair: %s", strerror(errno));
 		free(s);
 		return TEEC_ERROR_COMMUNICATION;
+	}
+	{
+		int buf = 4 << 20; /* room for a whole invoke, so neither side blocks mid-message */
+
+		setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
+		setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
+		setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
+		setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
 	}
 	rc = spawn_ta(path, sv[1], &s->pid);
 	close(sv[1]);

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -203,19 +204,25 @@ static int read_full(void *buf, size_t n)
 	return 0;
 }
 
-static int write_full(const void *buf, size_t n)
+static int write_iov(struct iovec *iov, int n)
 {
-	const uint8_t *p = buf;
-
-	while (n) {
-		ssize_t r = send(sock, p, n, MSG_NOSIGNAL);
+	while (n > 0) {
+		struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+		ssize_t r = sendmsg(sock, &msg, MSG_NOSIGNAL);
 
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0)
 			return -1;
-		p += r;
-		n -= (size_t)r;
+		while (n > 0 && (size_t)r >= iov->iov_len) {
+			r -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + r;
+			iov->iov_len -= (size_t)r;
+		}
 	}
 	return 0;
 }
@@ -228,31 +235,34 @@ struct memref {
 	size_t size;     /* size the client gave */
 };
 
-static int memref_alloc(struct memref *m, size_t size)
+/* One mapping per parameter slot, kept while consecutive invokes need the same number of pages. */
+static struct memref slots[4];
+
+static int memref_alloc(int slot, size_t size, int zero)
 {
+	struct memref *m = &slots[slot];
 	size_t data = (size + page_size - 1) & ~(page_size - 1);
 
-	m->map_len = data + page_size;
-	m->map = mmap(NULL, m->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (m->map == MAP_FAILED) {
-		m->map = NULL;
-		return -1;
-	}
-	if (mprotect(m->map + data, page_size, PROT_NONE) != 0) {
-		munmap(m->map, m->map_len);
-		m->map = NULL;
-		return -1;
+	if (!m->map || m->map_len != data + page_size) {
+		if (m->map)
+			munmap(m->map, m->map_len);
+		m->map_len = data + page_size;
+		m->map = mmap(NULL, m->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (m->map == MAP_FAILED) {
+			m->map = NULL;
+			return -1;
+		}
+		if (mprotect(m->map + data, page_size, PROT_NONE) != 0) {
+			munmap(m->map, m->map_len);
+			m->map = NULL;
+			return -1;
+		}
 	}
 	m->buf = m->map + data - size;
 	m->size = size;
+	if (zero && size)
+		memset(m->buf, 0, size);
 	return 0;
-}
-
-static void memref_free(struct memref *m)
-{
-	if (m->map)
-		munmap(m->map, m->map_len);
-	m->map = NULL;
 }
 
 /* ---- serving one request ------------------------------------------------------------------------ */
@@ -263,15 +273,16 @@ static TEE_Result create_result;
 /* Returns 0 to keep serving, 1 when the session is closed. */
 static int serve(const struct tee_sim_request *req)
 {
-	struct memref mem[4];
+	struct memref *mem[4] = { NULL, NULL, NULL, NULL };
 	struct tee_sim_region regions[4];
+	struct iovec iov[5];
+	int niov = 0;
 	struct tee_sim_reply rep;
 	TEE_Param params[4];
 	struct call c;
 	int i, nregions = 0;
 	uint32_t origin = TEE_ORIGIN_TRUSTED_APP;
 
-	memset(mem, 0, sizeof(mem));
 	memset(params, 0, sizeof(params));
 	for (i = 0; i < 4; i++) {
 		uint32_t t = TEE_PARAM_TYPE_GET(req->param_types, i);
@@ -285,14 +296,15 @@ static int serve(const struct tee_sim_request *req)
 				params[i].memref.size = (size_t)p->a_or_size;
 				continue;
 			}
-			if (memref_alloc(&mem[i], (size_t)p->a_or_size) != 0)
+			if (memref_alloc(i, (size_t)p->a_or_size, !tee_sim_carries_in(t)) != 0)
 				goto out_of_memory;
-			if (tee_sim_carries_in(t) && read_full(mem[i].buf, mem[i].size) != 0)
+			mem[i] = &slots[i];
+			if (tee_sim_carries_in(t) && read_full(mem[i]->buf, mem[i]->size) != 0)
 				_exit(0); /* client gone */
-			params[i].memref.buffer = mem[i].buf;
-			params[i].memref.size = mem[i].size;
-			regions[nregions].start = mem[i].buf;
-			regions[nregions].size = mem[i].size;
+			params[i].memref.buffer = mem[i]->buf;
+			params[i].memref.size = mem[i]->size;
+			regions[nregions].start = mem[i]->buf;
+			regions[nregions].size = mem[i]->size;
 			regions[nregions].access = (t == TEE_PARAM_TYPE_MEMREF_INPUT ? 0 :
 						    TEE_MEMORY_ACCESS_WRITE) | TEE_MEMORY_ACCESS_READ;
 			nregions++;
@@ -339,20 +351,20 @@ static int serve(const struct tee_sim_request *req)
 			rep.params[i].b = params[i].value.b;
 		}
 	}
-	if (write_full(&rep, sizeof(rep)) != 0)
-		_exit(0);
+	iov[niov].iov_base = &rep;
+	iov[niov++].iov_len = sizeof(rep);
 	for (i = 0; i < 4; i++) {
 		uint32_t t = TEE_PARAM_TYPE_GET(req->param_types, i);
 		size_t n;
 
-		if (!tee_sim_is_memref(t) || !tee_sim_carries_out(t) || !mem[i].map)
+		if (!tee_sim_is_memref(t) || !tee_sim_carries_out(t) || !mem[i])
 			continue;
-		n = params[i].memref.size < mem[i].size ? params[i].memref.size : mem[i].size;
-		if (write_full(mem[i].buf, n) != 0)
-			_exit(0);
+		n = params[i].memref.size < mem[i]->size ? params[i].memref.size : mem[i]->size;
+		iov[niov].iov_base = mem[i]->buf;
+		iov[niov++].iov_len = n;
 	}
-	for (i = 0; i < 4; i++)
-		memref_free(&mem[i]);
+	if (write_iov(iov, niov) != 0)
+		_exit(0);
 	return req->kind == TEE_SIM_CLOSE_SESSION;
 
 bad_request:

@@ -72,7 +72,7 @@ def build_ta(ta_build, devkit: Path, uuid: str, out_dir, encrypt: bool, sign_key
     Returns the paths of ``ta`` (signed, maybe encrypted), ``elf`` (unstripped) and the make log.
     """
     _check_tools()
-    ta_build, out_dir = Path(ta_build), Path(out_dir)
+    ta_build, out_dir, devkit = Path(ta_build).resolve(), Path(out_dir).resolve(), Path(devkit).resolve()
     args = ["make", "-C", str(ta_build), f"CROSS_COMPILE={CROSS_COMPILE}", f"TA_DEV_KIT_DIR={devkit}",
             f"PYTHON3={SIGNING_PYTHON}", f"O={out_dir}", f"CFG_ENCRYPT_TA={'y' if encrypt else 'n'}"]
     if sign_key is not None:

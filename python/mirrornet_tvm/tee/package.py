@@ -194,7 +194,7 @@ def package_ta(build_dir, policy: str = "logits", encrypt: bool | None = None,
         raise UsageError(f"--shm-limit {shm_limit} must lie between {max(output_bytes, 192)} bytes (the "
                          f"TA's largest answer) and {MAX_SHM_LIMIT} (OP-TEE's shared-memory pool)")
 
-    cpm_stack = int(manifest.get("cpm", {}).get("stack_bytes") or DEFAULT_CPM_STACK)
+    cpm_stack = int(manifest.get("cpm", {}).get("max_stack_bytes") or DEFAULT_CPM_STACK)
     stack = _round_up(cpm_stack + TA_RUNTIME_STACK + 4 * header.num_classes, 1024)
     data = _round_up(max(DEFAULT_DATA_SIZE, int(manifest.get("cpm", {}).get("heap_bytes") or 0)), 1024)
 
