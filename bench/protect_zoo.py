@@ -1,0 +1,145 @@
+"""MirrorNet on the zoo: protect VGG and ResNet on Fashion-MNIST (full training split), print the figures.
+
+For each model: train the base model with `mirrornet train-base` if it is not there yet, then run
+`mirrornet protect` once per configuration (the default strategy with each degradation objective), each
+as a new user would type it, and print one table: original / authorized / illegal-use accuracy on the
+real test split, the CPM's share of FLOPs and parameters, its secure memory, the training time, and
+whether the targets are met (authorized within 1 point of original, illegal use at most 15%, CPM at
+most 5% of FLOPs and under 1 MiB of secure memory). Ratios are within this one run.
+
+    .venv/bin/python bench/protect_zoo.py                         # full size (tens of minutes on 2 cores)
+    .venv/bin/python bench/protect_zoo.py --models vgg --subset 3000 --epochs 1 --out out/bench-quick
+    .venv/bin/python bench/protect_zoo.py --table-only            # re-print from the artifacts
+
+An artifact that already holds metrics.json is reused, not retrained (delete it to rerun).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MIRRORNET = str(Path(sys.executable).parent / "mirrornet")
+DEGRADATIONS = ("uniform", "adversarial")
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.platform()} | {cpu} | {os.cpu_count()} cores | Python {platform.python_version()}"
+
+
+def run(cmd: list) -> None:
+    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def base_model(out: Path, model: str, args) -> Path:
+    path = out / "base" / f"{model}.onnx"
+    if not path.is_file():
+        cmd = [MIRRORNET, "train-base", "--model", model, "--dataset", args.dataset, "-o", str(path)]
+        if args.subset:
+            cmd += ["--subset", str(args.subset)]
+        run(cmd)
+    return path
+
+
+def protect(out: Path, model: str, base: Path, degradation: str, args) -> Path:
+    art = out / f"{model}-{degradation}"
+    if (art / "metrics.json").is_file():
+        return art
+    cmd = [MIRRORNET, "protect", str(base), "--dataset", args.dataset, "--auto", "--degradation", degradation,
+           "--seed", str(args.seed), "-o", str(art)]
+    if args.epochs:
+        cmd += ["--epochs", str(args.epochs)]
+    if args.subset:
+        cmd += ["--subset", str(args.subset)]
+    if (art / "checkpoint.pt").is_file():
+        cmd.append("--resume")
+    run(cmd)
+    return art
+
+
+def row(model: str, art: Path) -> dict | None:
+    path = art / "metrics.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    a, c, mem = m["accuracy"], m["cpm"], m["secure_memory"]
+    return {
+        "model": model, "degradation": m["strategy"]["degradation"], "strategy": m["strategy"]["name"],
+        "train": m["dataset"]["train_images"], "epochs": m["training"]["epochs"],
+        "original": a["original"], "authorized": a["authorized"], "illegal": a["illegal"],
+        "drop": a["authorized_drop_points"], "gap": a["gap_points"],
+        "auth_ratio": a["authorized"] / a["original"], "illegal_ratio": a["illegal"] / a["original"],
+        "flop_share": c["flop_share"], "param_share": c["param_share"], "secure_kib": mem["total"] / 1024,
+        "train_s": m["training"]["seconds"], "met": sum(t["met"] for t in m["targets"].values()),
+        "targets": len(m["targets"]), "command": m["command"],
+    }
+
+
+def print_table(rows: list) -> None:
+    print(f"machine: {machine()}")
+    print("dataset: Fashion-MNIST, accuracies on the official 10,000-image test split\n")
+    head = (f"{'model':<7} {'degradation':<11} {'train':>6} {'ep':>2} {'original':>8} {'authorized':>10} "
+            f"{'drop pt':>7} {'illegal':>7} {'gap pt':>6} {'auth/orig':>9} {'ill/orig':>8} {'CPM FLOPs':>9} "
+            f"{'CPM params':>10} {'secure KiB':>10} {'train s':>7} {'targets':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['model']:<7} {r['degradation']:<11} {r['train']:>6} {r['epochs']:>2} {r['original']:>8.2%} "
+              f"{r['authorized']:>10.2%} {r['drop']:>7.2f} {r['illegal']:>7.2%} {r['gap']:>6.1f} "
+              f"{r['auth_ratio']:>9.3f} {r['illegal_ratio']:>8.3f} {r['flop_share']:>9.2%} "
+              f"{r['param_share']:>10.2%} {r['secure_kib']:>10.1f} {r['train_s']:>7.0f} "
+              f"{r['met']:>3}/{r['targets']}")
+    print("\nstrategies and commands:")
+    for r in rows:
+        print(f"  {r['model']}/{r['degradation']}: {r['strategy']}\n    {r['command']}")
+    print("\ntargets: authorized within 1 point of original, illegal use <= 15%, CPM <= 5% of FLOPs, "
+          "secure memory < 1 MiB")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="vgg,resnet")
+    p.add_argument("--degradations", default=",".join(DEGRADATIONS))
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--epochs", type=int, default=None, help="joint-training epochs (default: protect's)")
+    p.add_argument("--subset", type=int, default=None, help="training images (default: the full split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "out" / "bench-protect"))
+    p.add_argument("--table-only", action="store_true", help="only print the table of existing artifacts")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    models = [m for m in args.models.split(",") if m]
+    degradations = [d for d in args.degradations.split(",") if d]
+    rows = []
+    for model in models:
+        for degradation in degradations:
+            art = out / f"{model}-{degradation}"
+            if not args.table_only:
+                base = base_model(out, model, args)
+                protect(out, model, base, degradation, args)
+            r = row(model, art)
+            if r:
+                rows.append(r)
+    if not rows:
+        print(f"no artifacts under {out}; run without --table-only", file=sys.stderr)
+        return 1
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
