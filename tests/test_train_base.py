@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mirrornet_tvm import data, training_base, zoo
+from mirrornet_tvm import data, frontend, training_base, zoo
 from mirrornet_tvm.cli import main
 from mirrornet_tvm.errors import UsageError
 
@@ -126,6 +126,16 @@ def test_cli_train_base_tiny_subset(tmp_path, capsys):
     sess = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
     preds = np.array([sess.run(["logits"], {"input": x_test[i : i + 1]})[0].argmax() for i in range(len(x_test))])
     assert abs((preds == y_test).mean() - side["test_accuracy"]) <= 2e-4  # at most 2 near-ties may flip
+
+    # The front end accepts it, and the Relax VM agrees with onnxruntime.
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.compile(frontend.load_model(out).relax(), target="llvm"), tvm.cpu())
+    for i in range(4):
+        want = sess.run(["logits"], {"input": x_test[i : i + 1]})[0]
+        got = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x_test[i : i + 1]))).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
 
 

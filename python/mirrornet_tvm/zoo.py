@@ -5,13 +5,13 @@ returns ``num_classes`` logits. They are built only from layers the front end su
 BatchNorm2d, ReLU, MaxPool2d, AdaptiveAvgPool2d(1), residual add, flatten, Linear) and stay small
 enough to train on a two-core CPU and to run on an edge device:
 
-========  =====================================================  ==========  ==========
-name      layout                                                 1x28x28     3x32x32
-========  =====================================================  ==========  ==========
-lenet     2 x (conv5x5-BN-ReLU-maxpool), 3 fully connected        ~107k       ~136k
-vgg       3 x (2 x conv3x3-BN-ReLU, maxpool), avgpool, linear      ~163k       ~163k
-resnet    conv stem, 3 basic blocks (residual adds), avgpool      ~78k        ~78k
-========  =====================================================  ==========  ==========
+========  ====================================================  ========  ========
+name      layout                                                1x28x28   3x32x32
+========  ====================================================  ========  ========
+lenet     2 x (conv5x5-BN-ReLU-maxpool), 3 fully connected      120k      163k
+vgg       3 x (2 x conv3x3-BN-ReLU, maxpool), avgpool, linear   163k      163k
+resnet    conv stem, 3 basic blocks (residual adds), avgpool    78k       78k
+========  ====================================================  ========  ========
 
 ``build(name, in_shape, num_classes)`` makes one; every model carries ``in_shape`` and ``num_classes``
 attributes so it can be exported without being told its input again.

@@ -26,7 +26,7 @@ def _parse_shape(ctx, param, value):
 @click.option("--dataset", required=True, metavar="NAME",
               help="fashion-mnist, mnist, fashion-mnist-rgb, mnist-rgb, or a path to an .npz file.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Training epochs [default: lenet 6, vgg 3, resnet 3].")
+              help="Training epochs [default: lenet 4, vgg 3, resnet 3].")
 @click.option("--subset", type=click.IntRange(min=1), default=None, metavar="N",
               help="Train on a deterministic class-stratified subset of N training images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights and sample order.")
