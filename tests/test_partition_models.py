@@ -29,7 +29,8 @@ def strategy_dict(merge="add", output="logits", taps=TAPS, width_ratio=0.5) -> d
 
 
 class Combined(nn.Module):
-    """Backbone + CPM. ``leak=True`` makes the CPM read a backbone value that is not a tap."""
+    """Backbone + CPM. ``leak=True`` makes the CPM read a backbone value that is not a tap (and cannot
+    be recomputed from one): the pre-activation of the first convolution."""
 
     def __init__(self, merge="add", output="logits", leak=False):
         super().__init__()
@@ -43,11 +44,11 @@ class Combined(nn.Module):
         self.mfc = nn.Linear((2 if merge == "add" else 4) * 4 * 4, 10)
 
     def forward(self, x):
-        t1 = F.relu(self.c1(x))                                  # b1_relu     [1,4,16,16]
-        p1 = F.max_pool2d(t1, 2)                                 # not a tap   [1,4,8,8]
-        t2 = F.max_pool2d(F.relu(self.c2(p1)), 2)                # b4_maxpool  [1,8,4,4]
+        h = self.c1(x)                                           # not a tap, not computable from one
+        t1 = F.relu(h)                                           # b1_relu     [1,4,16,16]
+        t2 = F.max_pool2d(F.relu(self.c2(F.max_pool2d(t1, 2))), 2)  # b4_maxpool  [1,8,4,4]
         backbone_logits = self.fc(t2.flatten(1))
-        a = F.max_pool2d(F.relu(self.m1(p1 if self.leak else t1)), 2 if self.leak else 4)
+        a = F.max_pool2d(F.relu(self.m1(h if self.leak else t1)), 4)
         b = self.m2(t2)
         m = a + b if self.merge == "add" else torch.cat([a, b], 1)
         c = self.mfc(m.flatten(1))

@@ -294,8 +294,13 @@ def _tune(lowered: tvm.IRModule, target: tvm.target.Target, db, work_dir: Path, 
     tasks = ms.relax_integration.extract_tasks(lowered, target)
     if not tasks:
         return
+    # A population far beyond what the budget can measure only costs time (MetaSchedule's default of
+    # 512 candidates takes minutes per kernel on a loaded machine for a handful of trials).
+    population = max(32, min(512, 8 * trials))
+    strategy = ms.search_strategy.EvolutionarySearch(
+        population_size=population, init_min_unmeasured=min(50, population // 2))
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        tasks, work_dir=str(work_dir), num_threads=1, seed=0)
+        tasks, work_dir=str(work_dir), strategy=strategy, num_threads=1, seed=0)
     builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILDER_TIMEOUT_SEC)
     runner = ms.runner.LocalRunner(timeout_sec=RUNNER_TIMEOUT_SEC)
     try:

@@ -47,15 +47,28 @@ def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
 
 
+def _partition_proxy(strategy):
+    """Stands in for ``MirrorNetPartition`` until its module is loaded (then the class replaces it)."""
+    return __getattr__("MirrorNetPartition")(strategy)
+
+
+def _pipeline_proxy(*args, **kwargs):
+    """Stands in for ``mirrornet_pipeline`` until its module is loaded (then the function replaces it)."""
+    return __getattr__("mirrornet_pipeline")(*args, **kwargs)
+
+
 def register_with_tvm() -> None:
-    """Make ``tvm.relax.transform.MirrorNetPartition`` and the "mirrornet" pipeline available."""
-    import tvm.relax.transform  # noqa: F401  (TVM must be fully imported here)
+    """Make ``tvm.relax.transform.MirrorNetPartition`` and the "mirrornet" pipeline available.
 
-    from . import pipeline  # registers the pipeline on import
-    from .mirrornet_partition import MirrorNetPartition
+    Imports none of the pass modules (they may be half-imported when this runs): it installs small
+    stand-ins, which the pass modules replace by the real objects when they load.
+    """
+    import tvm.relax.pipeline
+    import tvm.relax.transform
 
-    tvm.relax.transform.MirrorNetPartition = MirrorNetPartition
-    pipeline.register()
+    if not hasattr(tvm.relax.transform, "MirrorNetPartition"):
+        tvm.relax.transform.MirrorNetPartition = _partition_proxy
+    tvm.relax.pipeline.PIPELINE_MAP.setdefault("mirrornet", _pipeline_proxy)
 
 
 class _RegisterWhenTvmLoads(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -8,6 +8,7 @@ from tvm import relax
 
 from ..errors import ModelError
 from .mirrornet_partition import OUTPUT_NAMES_ATTR, STRATEGY_ATTR, partition_spec
+from .ffi_errors import register_errors  # noqa: F401  (our exceptions keep their type across the FFI)
 
 
 @tvm.transform.module_pass(opt_level=0, name="AttachMirrorNetMetadata")

@@ -5,6 +5,7 @@ import tvm
 from tvm import relax
 
 from ..errors import CompileError
+from .ffi_errors import register_errors  # noqa: F401  (our exceptions keep their type across the FFI)
 
 
 @tvm.transform.module_pass(opt_level=0, name="ExtractFunctions")

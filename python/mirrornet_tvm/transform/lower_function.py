@@ -10,6 +10,7 @@ import tvm
 
 from ..errors import CompileError
 from .extract_functions import ExtractFunctions
+from .ffi_errors import register_errors  # noqa: F401  (our exceptions keep their type across the FFI)
 
 
 @tvm.transform.module_pass(opt_level=0, name="LowerFunction")

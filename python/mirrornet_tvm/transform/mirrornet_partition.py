@@ -21,6 +21,7 @@ import tvm
 from tvm import relax
 
 from ..errors import ModelError, StrategyError
+from .ffi_errors import register_errors  # noqa: F401  (our exceptions keep their type across the FFI)
 
 OUTPUT_NAMES_ATTR = "mirrornet.output_names"
 STRATEGY_ATTR = "mirrornet.strategy"
@@ -305,3 +306,6 @@ def _describe(chain, defining) -> str:
     if len(steps) > 8:
         steps = steps[:4] + ["..."] + steps[-3:]
     return " <- ".join(steps)
+
+
+tvm.relax.transform.MirrorNetPartition = MirrorNetPartition  # so scripts can say relax.transform.X

@@ -73,7 +73,10 @@ def mirrornet_pipeline(strategy, *, database=None, dump_dir=None, verbose: bool 
 
 
 def register() -> None:
-    """Register the pipeline as ``tvm.relax.get_pipeline("mirrornet", strategy=...)`` (once)."""
+    """Register the pipeline as ``tvm.relax.get_pipeline("mirrornet", strategy=...)``.
+
+    Replaces the stand-in that ``mirrornet_tvm.transform`` installs when TVM is imported.
+    """
     from tvm.relax import pipeline as relax_pipeline
 
     if relax_pipeline.PIPELINE_MAP.get(PIPELINE_NAME) is not mirrornet_pipeline:
