@@ -14,3 +14,4 @@ The package reads like the mission:
 __version__ = "0.1.0"
 
 from .errors import MirrorNetError  # noqa: F401
+from . import transform  # noqa: F401,E402  (cheap: registers tvm.relax.transform.MirrorNetPartition once TVM loads)
