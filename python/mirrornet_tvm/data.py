@@ -158,9 +158,8 @@ def parse_idx(data: bytes, ndim: int | None = None, source: str = "<bytes>") -> 
     return arr.astype(dtype.newbyteorder("="), copy=False)
 
 
-@functools.lru_cache(maxsize=16)
 def read_idx(path, ndim: int | None = None) -> np.ndarray:
-    """Read an IDX file (raw or ``.gz``) into a read-only numpy array; cached by path."""
+    """Read an IDX file (raw or ``.gz``) into a read-only numpy array."""
     path = Path(path)
     arr = parse_idx(_read_bytes(path), ndim=ndim, source=str(path))
     arr.flags.writeable = False
