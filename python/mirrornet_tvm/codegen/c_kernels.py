@@ -132,15 +132,17 @@ def _definitions(source: str) -> tuple[dict[str, list[str]], set[str]]:
     return definitions, externs
 
 
-def _rewrite_signature(line: str, c_name: str) -> tuple[str, int]:
+def _rewrite_signature(line: str, c_name: str, num_inputs: int) -> tuple[str, int]:
+    """``static void name(const float *restrict in..., float *restrict out...)``."""
     match = _DEFINITION.match(line)
     params = [p.strip() for p in match.group(2).split(",")] if match.group(2).strip() else []
     out = []
-    for param in params:
+    for k, param in enumerate(params):
         pointer = _POINTER_PARAM.match(param)
         if not pointer:
             raise CompileError(f"kernel '{c_name}' has a non-pointer parameter '{param}' in TVM's C output.")
-        out.append(f"{pointer.group(1)} *restrict {pointer.group(2)}")
+        const = "const " if k < num_inputs else ""
+        out.append(f"{const}{pointer.group(1)} *restrict {pointer.group(2)}")
     return f"static void {c_name}({', '.join(out) if out else 'void'})\n{{", len(out)
 
 
@@ -160,12 +162,13 @@ def _stack_arrays(c_name: str, body: list[str]) -> int:
     return total
 
 
-def kernels_to_c(lowered: tvm.IRModule, kernel_names, prefix: str = "cpm_") -> dict[str, KernelSource]:
-    """C definitions of the named PrimFuncs of ``lowered``; CompileError on anything non-plain."""
+def kernels_to_c(lowered: tvm.IRModule, kernel_inputs: dict[str, int], prefix: str = "cpm_") -> dict[str, KernelSource]:
+    """C definitions of the PrimFuncs of ``lowered`` named in ``kernel_inputs`` (kernel -> number of
+    input tensors, which become ``const`` pointers); CompileError on anything non-plain."""
     target = c_target()
     funcs = {}
     c_names = {}
-    for name in dict.fromkeys(kernel_names):
+    for name in kernel_inputs:
         func = lowered[name]
         if not isinstance(func, tirx.PrimFunc):
             raise CompileError(f"'{name}' is not a TIR kernel.")
@@ -196,7 +199,7 @@ def kernels_to_c(lowered: tvm.IRModule, kernel_names, prefix: str = "cpm_") -> d
         if c_name not in definitions:
             raise CompileError(f"TVM's C output has no definition for kernel '{c_name}'.")
         body = definitions[c_name]
-        header, num_params = _rewrite_signature(body[0], c_name)
+        header, num_params = _rewrite_signature(body[0], c_name, kernel_inputs[name])
         stack = _stack_arrays(c_name, body[1:])
         workspaces = tuple(int(x) for x in prim_mod[c_name].attrs.get(WORKSPACE_ATTR, []))
         result[name] = KernelSource(

@@ -129,9 +129,9 @@ def _entry_point(program: CpmProgram, kernels: dict[str, KernelSource], plan: Ar
         if name == program.result:
             return "logits"
         if value.kind == "tap":
-            return f"(float *)taps[{value.index}]"
+            return f"taps[{value.index}]"
         if value.kind == "weight":
-            return f"(float *)mirrornet_{name}"
+            return f"mirrornet_{name}"
         return f"mirrornet_arena + {plan.offset(name) // 4}"
 
     lines = [
@@ -311,7 +311,7 @@ def generate_cpm_c(mod: tvm.IRModule, func_name: str = "cpm", out_dir: Path | No
         program = read_program(lowered, func_name)
         bar.update()
         bar.set_postfix_str("kernels to C")
-        kernels = kernels_to_c(lowered, [call.kernel for call in program.calls])
+        kernels = kernels_to_c(lowered, {call.kernel: len(call.inputs) for call in program.calls})
         bar.update()
         bar.set_postfix_str("arena plan")
         plan = plan_arena(_lifetimes(program, kernels))

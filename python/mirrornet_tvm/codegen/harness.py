@@ -31,8 +31,18 @@ class Toolchain:
     runner: tuple[str, ...] = ()  # e.g. ("qemu-aarch64",) for a cross-compiled program
 
 
+# The warnings OP-TEE's TA build enables (mk/compile.mk), plus -Wcast-qual: the generated C is clean.
+STRICT_WARNINGS = (
+    "-Wall", "-Wextra", "-Wcast-align", "-Wcast-qual", "-Wfloat-equal", "-Wformat=2", "-Winit-self",
+    "-Wmissing-declarations", "-Wmissing-include-dirs", "-Wmissing-noreturn", "-Wmissing-prototypes",
+    "-Wnested-externs", "-Wpointer-arith", "-Wshadow", "-Wstrict-prototypes", "-Wswitch-default",
+    "-Wwrite-strings", "-Wredundant-decls", "-Wold-style-definition", "-Wstrict-aliasing=2", "-Wundef",
+    "-Werror",
+)
+
+
 def native(opt: str = "-O2") -> Toolchain:
-    return Toolchain("gcc", (opt, "-fno-math-errno", "-Wall", "-Werror"))
+    return Toolchain("gcc", (opt, "-fno-math-errno", *STRICT_WARNINGS))
 
 
 def freestanding_include_dir(cc: str) -> str:
@@ -46,7 +56,7 @@ def aarch64(opt: str = "-Os") -> Toolchain:
     return Toolchain(
         cc,
         (opt, "-ffreestanding", "-fno-math-errno", "-nostdinc", "-I", freestanding_include_dir(cc),
-         "-fpic", "-mstrict-align", "-Wall", "-Werror"),
+         "-fpic", "-mstrict-align", *STRICT_WARNINGS),
         ("-O2",),
         ("-static",),
         ("qemu-aarch64",),

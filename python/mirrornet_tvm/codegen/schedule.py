@@ -34,6 +34,7 @@ _DATA_PAR = 0
 _COMM_REDUCE = 2
 MIN_ROW = 4  # a shorter innermost row is not worth moving inside the reduction
 MAX_ROW = 16  # widest row kept in registers and unrolled (16 floats: four 128-bit vectors)
+MAX_TILE = 32  # floats accumulated in registers: output channels x row
 
 
 def _is_spatial(sch, block_rv) -> bool:
@@ -84,10 +85,20 @@ def _row_tile(width: int) -> int | None:
     return best
 
 
-def _unroll_innermost(sch, block_rv) -> None:
-    loops = sch.get_loops(block_rv)
-    if loops and int(sch.get(loops[-1]).extent) <= MAX_ROW:
-        sch.unroll(loops[-1])
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+def _unroll_below(sch, block_rv, loop_rv, skip=None) -> None:
+    """Unroll every loop of ``block_rv`` nested inside ``loop_rv`` (except ``skip``)."""
+    anchor = sch.get(loop_rv).loop_var
+    skip_var = sch.get(skip).loop_var if skip is not None else None
+    below = False
+    for loop in sch.get_loops(block_rv):
+        var = sch.get(loop).loop_var
+        if below and not var.same_as(skip_var) and int(sch.get(loop).extent) <= MAX_TILE:
+            sch.unroll(loop)
+        below = below or var.same_as(anchor)
 
 
 def _schedule_reduction(sch, block_rv) -> None:
@@ -101,49 +112,58 @@ def _schedule_reduction(sch, block_rv) -> None:
     if first_r is None or any(kinds[i] != _COMM_REDUCE for i in order[first_r:]) or len(block.writes) != 1:
         return
     spatial, reductions = order[:first_r], order[first_r:]
+    write = block.writes[0].region
+    var = lambda i: block.iter_vars[i].var  # noqa: E731
+    extent = lambda i: int(block.iter_vars[i].dom.extent)  # noqa: E731
     row = spatial[-1] if spatial else None
-    row_var = block.iter_vars[row].var if row is not None else None
-    width = int(block.iter_vars[row].dom.extent) if row is not None else 0
+    width = extent(row) if row is not None else 0
     movable = (
-        row is not None
+        row is not None and len(spatial) >= 2
         and width >= MIN_ROW
-        and block.writes[0].region[-1].min.same_as(row_var)
-        and all(not any(_uses(r.min, row_var) for r in read.region) or _uses(read.region[-1].min, row_var)
+        and write[-1].min.same_as(var(row))
+        and all(not any(_uses(r.min, var(row)) for r in read.region) or _uses(read.region[-1].min, var(row))
                 for read in block.reads)
     )
-    if not movable:
+    tile = _row_tile(width) if movable else None
+    if tile is None:
         sch.decompose_reduction(block_rv, loops[bound[reductions[0]]])
         return
-    tile = _row_tile(width)
-    outer = [loops[bound[i]] for i in spatial[:-1]]
-    if tile is None or tile == width:
-        sch.reorder(*outer, *[loops[bound[i]] for i in reductions], loops[bound[row]])
-        row_outer = outer[-1] if outer else None
-    else:
-        row_outer, _ = sch.split(loops[bound[row]], factors=[None, tile])
-        loops, bound = _loops_by_iter(sch, block_rv)
-        sch.reorder(*outer, row_outer, *[loops[bound[i]] for i in reductions], loops[-1])
-    if tile is None or row_outer is None:
-        loops, bound = _loops_by_iter(sch, block_rv)
-        sch.decompose_reduction(block_rv, loops[min(bound[i] for i in reductions)])
-        return
     # one reduction loop: a tiny innermost loop (kx of extent 3) gets fully unrolled by gcc, which
-    # then cannot vectorize the row (its basic-block SLP needs the row statements in one loop body)
-    loops, bound = _loops_by_iter(sch, block_rv)
-    if len(reductions) > 1:
-        sch.fuse(*[loops[bound[i]] for i in reductions])
-    # register tile: accumulate one row (or row tile) in a local buffer under row_outer
+    # then cannot vectorize the tile (its basic-block SLP needs the tile's statements in one body)
+    red = [loops[bound[i]] for i in reductions]
+    r_loop = sch.fuse(*red) if len(red) > 1 else red[0]
+    row_loop = loops[bound[row]]
+    outer = [loops[bound[i]] for i in spatial[:-1]]
+    tail = []
+    if tile < width:
+        row_outer, row_loop = sch.split(row_loop, factors=[None, tile])
+        tail = [row_outer]
+    # channel blocking: several output channels share each input row load
+    chan = spatial[-3] if len(spatial) >= 3 else None
+    inner = [row_loop]
+    plane = None
+    if chan is not None and write[-3].min.same_as(var(chan)) and write[-2].min.same_as(var(spatial[-2])):
+        block_c = _largest_divisor(extent(chan), MAX_TILE // tile)
+        c_loop = loops[bound[chan]]
+        if block_c > 1:
+            c_outer, c_inner = sch.split(c_loop, factors=[None, block_c])
+            outer = [c_outer if lp is c_loop else lp for lp in outer]
+            inner = [c_inner, row_loop]
+            plane = c_outer
+        else:
+            plane = c_loop
+    sch.reorder(*outer, *tail, r_loop, *inner)
+    tile_root = (tail or outer)[-1]
+    # register tile: accumulate channels x row in a local buffer inside tile_root
     writeback = sch.cache_write(block_rv, 0, "local")
-    sch.reverse_compute_at(writeback, row_outer, preserve_unit_loops=True)
-    loops, bound = _loops_by_iter(sch, block_rv)
-    init = sch.decompose_reduction(block_rv, loops[-2])  # loops: ..., fused reduction, row
-    for rv in (init, block_rv, writeback):
-        _unroll_innermost(sch, rv)
-    # the elementwise epilogue runs plane by plane, in its own loop after the rows: gcc's SLP
-    # vectorizer gives up on a row whose basic block also holds the epilogue's float compares
+    sch.reverse_compute_at(writeback, tile_root, preserve_unit_loops=True)
+    init = sch.decompose_reduction(block_rv, r_loop)
+    _unroll_below(sch, init, tile_root)
+    _unroll_below(sch, block_rv, tile_root, skip=r_loop)
+    _unroll_below(sch, writeback, tile_root)
+    # the elementwise epilogue runs per block of planes, in its own loop after the tiles: gcc's SLP
+    # vectorizer gives up on a tile whose basic block also holds the epilogue's float compares
     consumers = sch.get_consumers(writeback)
-    plane = sch.get_loops(writeback)
-    plane = plane[-3] if len(plane) >= 3 else None  # loops: ..., plane, row_outer, row
     if plane is not None and len(consumers) == 1 and _is_spatial(sch, consumers[0]):
         try:
             sch.reverse_compute_at(consumers[0], plane, preserve_unit_loops=True)

@@ -20,6 +20,11 @@
 
 #include <stdint.h>
 
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wfloat-equal" /* the exact comparisons below are intended */
+#endif
+
 #ifndef INFINITY
 #define INFINITY (__builtin_inff())
 #endif
@@ -311,5 +316,9 @@ static inline float mirrornet_powf(float x, float y)
 #define tanhf mirrornet_tanhf
 #define erff mirrornet_erff
 #define powf mirrornet_powf
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 
 #endif /* MIRRORNET_MATH_H */
