@@ -1,8 +1,8 @@
 """Measurement harness: compile TIR kernels (and whole Relax functions) and time them on a device.
 
 Kernels are built for the target either by TVM's LLVM backend (flavour ``"tvm"``, what the normal
-world runs) or by TVM's C backend compiled with gcc at the trusted application's optimisation level
-(flavour ``"c"``, single-threaded, like the CPM in the TEE). The library is uploaded to a
+world runs) or by TVM's C backend compiled with gcc at a TEE's optimisation level (flavours
+``"c-O2"``/``"c-Os"``, single-threaded, like the CPM's generated C in the simulator / in OP-TEE). The library is uploaded to a
 :class:`~.rpc.Device` (this process or an RPC server) and timed with ``time_evaluator``.
 
 Results are appended, one JSON object a line, to a records file. A run skips kernels already in
@@ -29,9 +29,13 @@ from .targets import compiler_for, resolve_target, target_key
 from .workloads import Kernel
 
 FORMAT = "mirrornet-measurements/1"
-FLAVOURS = ("tvm", "c")
-#: gcc flags for the ``"c"`` flavour: those of an OP-TEE user TA (size-optimised, no errno from math).
-TA_CFLAGS = ("-Os", "-fno-math-errno")
+#: How a kernel is built for timing: ``"tvm"`` is TVM's LLVM code (the normal world); the ``"c-*"``
+#: flavours are TVM's C code compiled by gcc single-threaded with the flags of a TEE environment:
+#: ``"c-O2"`` as the host TEE simulator builds its TA, ``"c-Os"`` as the OP-TEE TA dev kit does.
+FLAVOURS = ("tvm", "c-O2", "c-Os")
+C_FLAGS = {"c-O2": ("-O2", "-fno-math-errno"), "c-Os": ("-Os", "-fno-math-errno")}
+#: The C flavour that matches each TEE a CPM runs in.
+TEE_FLAVOUR = {"sim": "c-O2", "optee": "c-Os", "qemu": "c-Os"}
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ def _fcompile(target, flavour):
     from tvm.support import cc
 
     compiler = compiler_for(target)
-    options = list(TA_CFLAGS) if flavour == "c" else ["-O2"]
+    options = list(C_FLAGS.get(flavour, ("-O2",)))
     fcompile = cc.cross_compiler(compiler, options=options)
     return fcompile
 
