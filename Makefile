@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out/demo
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-quick docs tutorials clean
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,18 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+
+bench-quick: setup
+	$(PY) bench/run_all.py --quick
+
+# Regenerate docs/cli.md and docs/api.md from the code (tests/test_docs.py checks they are current).
+docs: setup
+	$(PY) docs/gen_cli_reference.py
+	$(PY) docs/gen_api_reference.py
+
+# Regenerate tutorials/*.ipynb from tutorials/make_notebooks.py (outputs stripped).
+tutorials: setup
+	$(PY) tutorials/make_notebooks.py
 
 clean:
 	rm -rf build out .pytest_cache
