@@ -6,7 +6,9 @@
  * Each input is a short sequence of invokes on a fresh session (the TA's state, e.g. partly loaded
  * taps, carries across the invokes of one input). Per invoke the input chooses the command, any 16-bit
  * parameter-type word (including types OP-TEE would never deliver), memref sizes (biased towards the
- * sizes the TA expects, off by one, and zero), NULL buffers, values and the memref contents.
+ * sizes the TA expects, off by one, and zero), NULL buffers, values, and a seed for the memref contents. The
+ * choices are biased towards what the TA compares against (each command's valid type words and their
+ * one-nibble neighbours, the tap size, the offset reached so far), so deep paths are reached in seconds.
  * Every memref is an exact-size heap block, so AddressSanitizer reports any read or write past a size
  * the TA was given. After each invoke the harness checks what the TA promised:
  *   - input memrefs are unchanged;
@@ -15,8 +17,10 @@
  *   - TEE_ERROR_SHORT_BUFFER writes back a size larger than the one given.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <tee_internal_api.h>
 #include <user_ta_header_defines.h>
@@ -26,7 +30,10 @@
 #include "mirrornet_cpm.h"
 
 #define TAP_BYTES ((size_t)MIRRORNET_CPM_TAP_FLOATS * 4)
-#define MAX_INVOKES 4
+#define MAX_INVOKES 6
+
+/* Bytes of taps this input has loaded so far (the harness's own count, to aim offsets at). */
+static uint32_t harness_loaded;
 
 static uint8_t heap[TA_DATA_SIZE] __attribute__((aligned(16)));
 
@@ -52,7 +59,10 @@ static uint32_t take(struct reader *r, int bytes)
 
 static size_t pick_size(struct reader *r)
 {
-	switch (take(r, 1) % 10) {
+	switch (take(r, 1) % 12) {
+	case 10: return TAP_BYTES - harness_loaded;
+	case 11: /* the per-invoke limit, when it is within reach */
+		return MIRRORNET_TA_MAX_INVOKE_BYTES < TAP_BYTES + 64 ? MIRRORNET_TA_MAX_INVOKE_BYTES : TAP_BYTES + 2;
 	case 0: return TAP_BYTES;
 	case 1: return TAP_BYTES - 1;
 	case 2: return TAP_BYTES + 1;
@@ -63,6 +73,66 @@ static size_t pick_size(struct reader *r)
 	case 7: return 191;
 	case 8: return take(r, 1) * 4u + 1u;
 	default: return take(r, 2) % (TAP_BYTES + 64);
+	}
+}
+
+/* Values the TA compares against (offsets, totals), their neighbours, and anything else. */
+static uint32_t pick_value(struct reader *r)
+{
+	switch (take(r, 1) % 8) {
+	case 7: return harness_loaded;
+	case 0: return 0;
+	case 1: return (uint32_t)TAP_BYTES;
+	case 2: return (uint32_t)TAP_BYTES - 1;
+	case 3: return (uint32_t)TAP_BYTES + 1;
+	case 4: return take(r, 1) * 4u;
+	case 5: return take(r, 2) % ((uint32_t)TAP_BYTES + 8);
+	default: return take(r, 4);
+	}
+}
+
+/* A parameter-type word for command cmd: one the TA accepts, one with a nibble changed, or any. */
+static uint32_t pick_types(struct reader *r, uint32_t cmd)
+{
+	static const uint32_t valid[3][4] = {
+		{ TEE_PARAM_TYPES(TEE_PARAM_TYPE_MEMREF_OUTPUT, TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE,
+				  TEE_PARAM_TYPE_NONE) },
+		{ TEE_PARAM_TYPES(TEE_PARAM_TYPE_MEMREF_INPUT, TEE_PARAM_TYPE_MEMREF_OUTPUT,
+				  TEE_PARAM_TYPE_VALUE_OUTPUT, TEE_PARAM_TYPE_NONE),
+		  TEE_PARAM_TYPES(TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_MEMREF_OUTPUT,
+				  TEE_PARAM_TYPE_VALUE_OUTPUT, TEE_PARAM_TYPE_NONE),
+		  TEE_PARAM_TYPES(TEE_PARAM_TYPE_MEMREF_INPUT, TEE_PARAM_TYPE_MEMREF_OUTPUT,
+				  TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE),
+		  TEE_PARAM_TYPES(TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_MEMREF_OUTPUT, TEE_PARAM_TYPE_NONE,
+				  TEE_PARAM_TYPE_NONE) },
+		{ TEE_PARAM_TYPES(TEE_PARAM_TYPE_MEMREF_INPUT, TEE_PARAM_TYPE_VALUE_INPUT, TEE_PARAM_TYPE_NONE,
+				  TEE_PARAM_TYPE_NONE) },
+	};
+	uint32_t mode = take(r, 1) % 4, t;
+
+	if (cmd > 2 || mode == 3)
+		return take(r, 2);
+	t = valid[cmd][cmd == 1 ? take(r, 1) % 4 : 0];
+	if (mode == 2) {
+		uint32_t slot = take(r, 1) % 4;
+
+		t = (t & ~(0xFu << (4 * slot))) | ((take(r, 1) & 0xFu) << (4 * slot));
+	}
+	return t;
+}
+
+/* Successful invokes per command, printed at exit: evidence that the deep paths were reached. */
+static unsigned long successes[4]; /* get_info, run_cpm (taps given), load_taps, run_cpm (loaded) */
+
+static void print_successes(void)
+{
+	char line[160];
+	int n = snprintf(line, sizeof(line), "mirrornet_fuzz: successes get_info=%lu run_cpm=%lu "
+			 "load_taps=%lu run_cpm_loaded=%lu\n", successes[0], successes[1], successes[2],
+			 successes[3]);
+
+	if (n > 0 && write(2, line, (size_t)n) < 0) {
+		/* best effort */
 	}
 }
 
@@ -79,8 +149,19 @@ static void one_invoke(struct reader *r)
 	uint8_t *copies[4] = { NULL, NULL, NULL, NULL };
 	size_t sizes[4] = { 0, 0, 0, 0 };
 	struct tee_sim_region regions[4];
-	uint32_t cmd = take(r, 1) % 4; /* 3 is not a command */
-	uint32_t types = take(r, 2);
+	uint32_t pick = take(r, 1);
+	uint32_t cmd = pick % 4; /* 3 is not a command */
+	uint32_t types;
+
+	/* Once the harness has loaded a whole set of taps, often follow with RUN_CPM on them. */
+	if (harness_loaded == TAP_BYTES && !(pick & 0x80)) {
+		cmd = 1;
+		types = TEE_PARAM_TYPES(TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_MEMREF_OUTPUT,
+					pick & 0x40 ? TEE_PARAM_TYPE_VALUE_OUTPUT : TEE_PARAM_TYPE_NONE,
+					TEE_PARAM_TYPE_NONE);
+	} else {
+		types = pick_types(r, cmd);
+	}
 	int i, nregions = 0;
 	TEE_Result res;
 
@@ -91,7 +172,7 @@ static void one_invoke(struct reader *r)
 		if (t == TEE_PARAM_TYPE_MEMREF_INPUT || t == TEE_PARAM_TYPE_MEMREF_OUTPUT ||
 		    t == TEE_PARAM_TYPE_MEMREF_INOUT) {
 			size_t size = pick_size(r);
-			int null_buffer = (take(r, 1) & 0x1f) == 0;
+			int null_buffer = (take(r, 1) & 0x1f) == 0x1f; /* not when the input ran out */
 
 			params[i].memref.size = size;
 			if (null_buffer)
@@ -101,12 +182,18 @@ static void one_invoke(struct reader *r)
 			copies[i] = malloc(size ? size : 1);
 			if (!bufs[i] || !copies[i])
 				abort();
-			/* Contents from the input (zeros once it runs out). */
+			/* Contents from a generator seeded by one input byte: the structure of an invoke
+			 * stays a few bytes long, so short inputs reach long invoke sequences. */
 			{
+				uint32_t x = 0x9e3779b9u * (take(r, 1) + 1);
 				size_t k;
 
-				for (k = 0; k < size; k++)
-					bufs[i][k] = (uint8_t)take(r, 1);
+				for (k = 0; k < size; k++) {
+					x ^= x << 13;
+					x ^= x >> 17;
+					x ^= x << 5;
+					bufs[i][k] = (uint8_t)x;
+				}
 			}
 			memcpy(copies[i], bufs[i], size);
 			sizes[i] = size;
@@ -117,8 +204,8 @@ static void one_invoke(struct reader *r)
 				(t == TEE_PARAM_TYPE_MEMREF_INPUT ? 0 : TEE_MEMORY_ACCESS_WRITE);
 			nregions++;
 		} else {
-			params[i].value.a = take(r, 4);
-			params[i].value.b = take(r, 4);
+			params[i].value.a = pick_value(r);
+			params[i].value.b = take(r, 1) & 1 ? (uint32_t)TAP_BYTES : pick_value(r);
 		}
 	}
 
@@ -155,6 +242,12 @@ static void one_invoke(struct reader *r)
 		if (!grew)
 			fail("SHORT_BUFFER without a larger size written back");
 	}
+	if (res == TEE_SUCCESS && cmd < 3)
+		successes[cmd == 1 && TEE_PARAM_TYPE_GET(types, 0) == TEE_PARAM_TYPE_NONE ? 3 : cmd]++;
+	if (res == TEE_SUCCESS && cmd == 2)
+		harness_loaded = params[1].value.a + (uint32_t)params[0].memref.size;
+	if (res == TEE_SUCCESS && cmd == 1)
+		harness_loaded = 0;
 	if (res == TEE_SUCCESS && cmd == 1 && params[1].memref.size !=
 	    (MIRRORNET_TA_OUTPUT_POLICY == 2 ? 4u : (size_t)MIRRORNET_CPM_NUM_CLASSES * 4))
 		fail("RUN_CPM succeeded with the wrong output size");
@@ -177,10 +270,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		tee_sim_heap_init(heap, sizeof(heap));
 		if (TA_CreateEntryPoint() != TEE_SUCCESS)
 			abort();
+		atexit(print_successes);
 		created = 1;
 	}
 	if (TA_OpenSessionEntryPoint(0, NULL, &session) != TEE_SUCCESS)
 		abort();
+	harness_loaded = 0;
 	n = 1 + (int)(take(&r, 1) % MAX_INVOKES);
 	for (k = 0; k < n; k++)
 		one_invoke(&r);

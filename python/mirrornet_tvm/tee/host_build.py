@@ -106,5 +106,5 @@ def build_host_ta(ta_build, out, cc: str | None = None, opt: str = "-O2") -> Pat
             # -z now: no lazy symbol binding on the TA stack (the resolver saves the whole vector
             # register file there, kilobytes that a TA on OP-TEE never spends).
             _run([cc_path, "-pie", "-Wl,-z,now", "-o", tmp_out, *objs], "linking the host TA")
-            os.chmod(tmp_out, 0o755)
+        os.chmod(out, 0o755)   # after the rename: atomic_path gives the file plain-file permissions
     return out
