@@ -1,0 +1,35 @@
+"""Security evaluation: how much of a protected model a thief who owns the normal world can steal.
+
+The threat model and the figures follow the field (DarkneTZ, ShadowNet, TEESlice, MirrorNet): the thief
+has the backbone's architecture and weights and the tapped feature maps, and a small labelled budget
+drawn from the training split (never a test image). It tries
+
+* illegal use: the backbone alone;
+* fine-tuning every layer of the stolen backbone;
+* a fresh linear classifier on each tapped feature map (the backbone frozen);
+
+against the black-box baseline (the same architecture from random initialisation, same data) and the
+white-box reference (the unprotected original fine-tuned on the same data). Every attack picks its
+learning rate on a held-out part of the thief's own budget. Secure means every attack on the stolen
+backbone stays within 1.05x the black-box accuracy (TEESlice's rule); the share of the black-box to
+white-box gap an attack closes is reported too.
+
+Modules: :mod:`.thief_data` (budgets, disjoint draws), :mod:`.victim` (what is attacked),
+:mod:`.attacks` (training with learning-rate search), :mod:`.evaluate` (the run, caching, attack.json),
+:mod:`.report` (summary, verdict, table), :mod:`.floor` (the evaluation as a floor for strategy search).
+"""
+from .attacks import BLACKBOX, ILLEGAL, PROBE_PREFIX, STEALING, WHITEBOX
+from .evaluate import (DEFAULT_BUDGETS, DEFAULT_LRS, DEFAULT_SEEDS, AttackConfig, attack_artifact, evaluate,
+                       security_check)
+from .floor import SecureChoice, SecurityFloor, first_secure
+from .report import SECURE_RATIO, AttackRun, SecurityReport, SummaryRow, attack_label, format_table, gap_closed
+from .thief_data import budget_label, budget_samples, disjoint_pool, thief_split
+from .victim import Victim, random_like
+
+__all__ = [
+    "AttackConfig", "AttackRun", "SecurityReport", "SummaryRow", "Victim", "SecurityFloor", "SecureChoice",
+    "attack_artifact", "evaluate", "security_check", "first_secure", "format_table", "attack_label", "gap_closed",
+    "budget_label", "budget_samples", "disjoint_pool", "thief_split", "random_like",
+    "DEFAULT_BUDGETS", "DEFAULT_SEEDS", "DEFAULT_LRS", "SECURE_RATIO",
+    "STEALING", "BLACKBOX", "WHITEBOX", "ILLEGAL", "PROBE_PREFIX",
+]
