@@ -9,7 +9,8 @@ Raspberry Pi 3 (Cortex-A53, AArch64 Linux), cross-compiled and linked with ``aar
 Optional MetaSchedule tuning writes its records to a JSON database folder; the folder also keeps
 ``mirrornet_tuning.json``, the trial budget each backbone workload was tuned with, so a second build with
 the same or a smaller budget reuses the records without measuring anything. Every build says whether it
-is "untuned" or "tuned (N trials)".
+is "untuned" or "tuned (N trials)", N being the valid measurements the database holds for the
+backbone's kernels (kernels without one keep TVM's default, untuned, schedule).
 """
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ TARGET_PRESETS = {
     "rpi3": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53", "num-cores": 4},
 }
 TUNING_LEDGER = "mirrornet_tuning.json"
-BUILDER_TIMEOUT_SEC = 120  # LocalBuilder workers import tvm.s_tir.tensor_intrin first (~15 s each)
-RUNNER_TIMEOUT_SEC = 60
+# LocalBuilder workers import tvm.s_tir.tensor_intrin first: ~15 s on an idle machine, over 2 min on a
+# loaded 2-core one, where a 120 s timeout failed every build. The timeouts only stop hung workers.
+BUILDER_TIMEOUT_SEC = 600
+RUNNER_TIMEOUT_SEC = 300
 # Relax ops that remain once a function is lowered (everything else is a high-level op to legalize).
 _LOWERED_OPS = ("relax.call_tir", "relax.call_tir_inplace", "relax.call_dps_packed", "relax.call_pure_packed")
 
@@ -78,7 +81,7 @@ class BackboneBuild:
     target_name: str
     target: dict
     tuning: str  # "untuned" | "tuned (N trials)"
-    tune_trials: int  # the trial budget the database records were tuned with (0: untuned)
+    tune_trials: int  # valid measurements the database holds for the backbone's kernels (0: untuned)
     new_trials: int  # measurements made by this build (0 when it reused the database)
     tuned_kernels: int  # PrimFuncs that got a schedule from the database
     kernels: int  # PrimFuncs of the backbone
@@ -184,7 +187,8 @@ def build_backbone(mod: tvm.IRModule, target=None, database=None, out="backbone.
         ledger = _Ledger(db_dir)
         key = _workload_key(lowered, spec)
         new_trials = 0
-        if tune_trials and ledger.trials(key) < tune_trials:
+        tuning_now = bool(tune_trials) and ledger.trials(key) < tune_trials
+        if tuning_now:
             if spec.cross_compiler:
                 raise UsageError(f"tuning measures kernels on this machine, which cannot run {spec.name} "
                                  "code; tune on the device over RPC (`mirrornet tune`) and compile with "
@@ -195,14 +199,16 @@ def build_backbone(mod: tvm.IRModule, target=None, database=None, out="backbone.
             before = len(db)
             _tune(lowered, spec.target, db, db_dir, tune_trials)
             new_trials = len(db) - before
-            ledger.record(key, tune_trials, spec)
-        tuned_trials = ledger.trials(key) if db is not None else 0
         with spec.target:
             applied = ApplyTuningDatabase(db)(lowered) if db is not None else lowered
         tuned_kernels = sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled", False))
                             for _, f in applied.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
-        if tuned_kernels == 0:
-            tuned_trials = 0
+        if tuning_now and tuned_kernels:
+            ledger.record(key, tune_trials, spec)
+        elif tuning_now:
+            log(f"tuning produced no valid schedule ({new_trials} measurements failed; see "
+                f"{db_dir / 'logs'}): the backbone is built untuned")
+        tuned_trials = _measured_trials(db, lowered, spec.target) if tuned_kernels else 0
         log(f"compiling the backbone for {spec.name} ({'tuned' if tuned_trials else 'untuned'})")
         try:
             executable = tvm.compile(applied, spec.target)
@@ -264,6 +270,16 @@ def _workload_key(lowered: tvm.IRModule, spec: TargetSpec) -> str:
                     for _, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
     text = json.dumps({"kernels": hashes, "target": str(spec.target)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _measured_trials(db, lowered: tvm.IRModule, target) -> int:
+    """Valid tuning records (measured trials) the database holds for the backbone's kernels."""
+    total = 0
+    for task in ms.relax_integration.extract_tasks(lowered, target):
+        workload_mod = task.dispatched[0]
+        if db.has_workload(workload_mod):  # (commit_workload would add a missing one to the files)
+            total += len(db.get_top_k(db.commit_workload(workload_mod), 1 << 20))
+    return total
 
 
 class _Ledger:

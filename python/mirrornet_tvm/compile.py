@@ -142,7 +142,6 @@ def compile_artifact(artifact_dir, out_dir, *, target=None, tune_trials: int = 0
         done("import to Relax")
 
         phase("partition + lower backbone")
-        db = open_database(database) if database is not None else None
         with spec.target:
             mod = mirrornet_pipeline(artifact.strategy, dump_dir=stage / "ir" if dump_ir else None)(mod)
         done("partition + lower backbone")
@@ -150,12 +149,12 @@ def compile_artifact(artifact_dir, out_dir, *, target=None, tune_trials: int = 0
         phase("build backbone")
         backbone = build_backbone(mod, spec, database=database, out=stage / BACKBONE_LIB,
                                   tune_trials=tune_trials,
-                                  log=lambda m: tqdm.write(f"[mirrornet compile]   {m}", file=sys.stderr))
+                                  log=(lambda m: tqdm.write(f"[mirrornet compile]   {m}", file=sys.stderr))
+                                  if progress else None)
         done("build backbone")
 
         phase("generate CPM C")
-        if database is not None and tune_trials:
-            db = open_database(database)  # re-read: tuning added records
+        db = open_database(database) if database is not None else None  # with any records just tuned
         cpm = generate_cpm_c(ExtractFunctions(["cpm"])(mod), "cpm", out_dir=stage / CPM_DIR,
                              target=spec.target, database=db,
                              source_desc=f"cpm of {artifact.combined_path.name} ({artifact.strategy.name})")
@@ -230,9 +229,27 @@ def _manifest(artifact, mod, spec, backbone, cpm, stage: Path, timings) -> dict:
             "cpm_arena_bytes": cpm.arena_bytes,
             "tap_bytes_per_inference": sum(i["bytes"] for i in cpm_inputs),
         },
+        "secure_memory": _secure_memory(artifact, cpm, cpm_inputs),
         "files": files,
         "seconds": timings,
     }
+
+
+def _secure_memory(artifact, cpm, cpm_inputs) -> dict:
+    """The generated CPM's secure-memory bytes next to the strategy's estimate (strategy.secure_memory)."""
+    generated = {"weights": cpm.weight_bytes, "arena": cpm.arena_bytes,
+                 "taps": sum(i["bytes"] for i in cpm_inputs), "logits": FLOAT_BYTES * cpm.num_classes}
+    generated["total"] = sum(generated.values())
+    try:
+        from .analysis import as_graph
+        from .strategy import secure_memory
+
+        estimate = secure_memory(artifact.strategy, as_graph(artifact.proto)).to_dict()
+    except Exception as err:  # a combined model not mirrored by `mirrornet protect` has no plan
+        return {"generated": generated, "estimate": None,
+                "note": f"no estimate: the strategy's CPM plan does not apply to this model ({err})"}
+    return {"generated": generated, "estimate": estimate,
+            "within_estimate": generated["total"] <= estimate["total"]}
 
 
 def _numel(shape) -> int:
@@ -245,15 +262,15 @@ def _numel(shape) -> int:
 # ---- atomic build folder -------------------------------------------------------------------------------
 
 def _check_out_dir(out_dir: Path, artifact_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        if artifact_dir.exists() and out_dir.resolve() == artifact_dir.resolve():
+            raise UsageError("the build folder must not be the artifact folder; pass another -o")
     if out_dir.exists():
         if not out_dir.is_dir():
             raise UsageError(f"{out_dir} is a file; give a folder for the build (-o BUILD_DIR)")
         if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
             raise UsageError(f"{out_dir} exists and is not a previous build (no {MANIFEST}); choose an "
                              "empty or new folder so nothing of yours is overwritten")
-    with contextlib.suppress(OSError):
-        if artifact_dir.exists() and out_dir.resolve() == artifact_dir.resolve():
-            raise UsageError("the build folder must not be the artifact folder; pass another -o")
 
 
 @contextlib.contextmanager

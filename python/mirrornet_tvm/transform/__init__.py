@@ -3,6 +3,8 @@
     MirrorNetPartition(strategy)      combined ``main`` -> ``backbone`` + ``cpm``  (mirrornet_partition.py)
     AttachMirrorNetMetadata(names)    record the combined model's output names     (attach_metadata.py)
     ExtractFunctions(names)           keep some functions and what they call      (extract_functions.py)
+    FoldWeightLayout()                fold weight transposes/reshapes in numpy     (fold_weight_layout.py)
+    ApplyTuningDatabase(db)           tuned schedules from a MetaSchedule database (apply_database.py)
     LowerFunction(name, passes)       lower one function, leave the others as is   (lower_function.py)
     LogPhase / DumpIR                 make the pipeline observable                 (log_phase.py, dump_ir.py)
     mirrornet_pipeline(...)           the registered pipeline "mirrornet"          (pipeline.py)
@@ -26,6 +28,8 @@ _EXPORTS = {
     "partition_spec": "mirrornet_partition",
     "AttachMirrorNetMetadata": "attach_metadata",
     "ExtractFunctions": "extract_functions",
+    "FoldWeightLayout": "fold_weight_layout",
+    "ApplyTuningDatabase": "apply_database",
     "LowerFunction": "lower_function",
     "LogPhase": "log_phase",
     "DumpIR": "dump_ir",

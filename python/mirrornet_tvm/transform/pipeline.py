@@ -16,6 +16,7 @@ from tvm import relax
 
 from .apply_database import ApplyTuningDatabase
 from .dump_ir import DumpIR
+from .fold_weight_layout import FoldWeightLayout
 from .log_phase import LogPhase
 from .lower_function import LowerFunction
 from .mirrornet_partition import MirrorNetPartition
@@ -44,12 +45,13 @@ def mirrornet_pipeline(strategy, *, database=None, dump_dir=None, verbose: bool 
         seq = tvm.transform.Sequential(
             [
                 # Phase 1. Clean up the imported graph: decompose inference-only ops (batch norm),
-                # canonicalize bindings, fold the weight reshapes/transposes the ONNX importer writes.
-                # Every function keeps its outputs, so main's output names stay valid.
+                # fold the weight transposes/reshapes the ONNX importer writes (in numpy: Relax's
+                # FoldConstant compiles each one), canonicalize bindings. Every function keeps its
+                # outputs, so main's output names stay valid.
                 LogPhase("phase 1/3: clean up the imported graph", verbose),
                 relax.transform.DecomposeOpsForInference(),
+                FoldWeightLayout(),
                 relax.transform.CanonicalizeBindings(),
-                relax.transform.FoldConstant(),
                 DumpIR(dump_dir, 1, "imported"),
                 # Phase 2. Partition: backbone(input) -> taps [+ backbone_logits], cpm(taps) -> logits.
                 # main stays as it was, for reference checks.
