@@ -5,9 +5,9 @@
  *
  * Each input is a short sequence of invokes on a fresh session (the TA's state, e.g. partly loaded
  * taps, carries across the invokes of one input). Per invoke the input chooses the command, any 16-bit
- * parameter-type word (including types OP-TEE would never deliver), memref sizes (biased towards the
- * sizes the TA expects, off by one, and zero), NULL buffers, values, and a seed for the memref contents. The
- * choices are biased towards what the TA compares against (each command's valid type words and their
+ * parameter-type word (including types OP-TEE would never deliver), memref sizes (the sizes the TA
+ * expects, off by one, zero, anything), NULL buffers, values, and a seed for the memref contents.
+ * The choices lean towards what the TA compares against (each command's valid type words and their
  * one-nibble neighbours, the tap size, the offset reached so far), so deep paths are reached in seconds.
  * Every memref is an exact-size heap block, so AddressSanitizer reports any read or write past a size
  * the TA was given. After each invoke the harness checks what the TA promised:

@@ -21,7 +21,8 @@ import click
               help="AES-256 TA encryption key [default: the dev kit's, derived from an all-zero HUK].")
 @click.option("--ta-budget", type=click.IntRange(min=1), default=None, metavar="BYTES",
               help="Secure memory the TA may use [default: half of the Raspberry Pi 3's 8 MiB for TAs].")
-def package_ta(build_dir, policy, encrypt, shm_limit, sim_only, devkit, sign_key, enc_key, ta_budget):
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def package_ta(build_dir, policy, encrypt, shm_limit, sim_only, devkit, sign_key, enc_key, ta_budget, quiet):
     """Build the CPM of BUILD_DIR (from `mirrornet compile`) into the MirrorNet trusted application.
 
     Writes BUILD_DIR/<uuid>.ta (signed by the OP-TEE dev kit, encrypted by default), BUILD_DIR/sim/<uuid>.sim
@@ -31,7 +32,7 @@ def package_ta(build_dir, policy, encrypt, shm_limit, sim_only, devkit, sign_key
     from ..tee.package import package_ta as run
 
     res = run(build_dir, policy=policy, encrypt=encrypt, shm_limit=shm_limit, sim_only=sim_only,
-              devkit=devkit, sign_key=sign_key, enc_key=enc_key, ta_budget=ta_budget)
+              devkit=devkit, sign_key=sign_key, enc_key=enc_key, ta_budget=ta_budget, progress=not quiet)
     click.echo(f"TA {res.uuid}: policy {res.policy}, {res.max_invoke_bytes} bytes per invoke, "
                f"TA_STACK_SIZE {res.stack_size}, TA_DATA_SIZE {res.data_size}")
     click.echo(f"  simulator: {res.sim_ta} (stack peak {res.sim_peaks['stack_peak']} B, "

@@ -174,7 +174,7 @@ def _update_manifest(build_dir: Path, record: dict) -> None:
 
 def package_ta(build_dir, policy: str = "logits", encrypt: bool | None = None,
                shm_limit: int = DEFAULT_SHM_LIMIT, sim_only: bool = False, devkit=None, sign_key=None,
-               enc_key: str | None = None, ta_budget: int | None = None) -> PackagedTa:
+               enc_key: str | None = None, ta_budget: int | None = None, progress: bool = True) -> PackagedTa:
     """Build the build folder's CPM into the MirrorNet TA (see the module docstring)."""
     from tqdm import tqdm
 
@@ -187,6 +187,7 @@ def package_ta(build_dir, policy: str = "logits", encrypt: bool | None = None,
         raise UsageError(f"--policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     if sim_only and encrypt:
         raise UsageError("--encrypt needs the OP-TEE dev kit; drop --sim-only")
+    kit = None if sim_only else devkit_mod.find_devkit(devkit)   # fail before building anything
     manifest = read_json(build_dir / "manifest.json")
     header = read_cpm_header(build_dir / "cpm")
     output_bytes = 4 if policy == "label" else 4 * header.num_classes
@@ -202,7 +203,8 @@ def package_ta(build_dir, policy: str = "logits", encrypt: bool | None = None,
         del manifest["ta"]
         write_json(build_dir / "manifest.json", manifest)
     steps = ["assemble", "simulator build", "simulator check"] + ([] if sim_only else ["dev kit build"])
-    bar = tqdm(total=len(steps), desc="package-ta", unit="step", file=sys.stderr, leave=False)
+    bar = tqdm(total=len(steps), desc="package-ta", unit="step", file=sys.stderr, leave=False,
+               disable=not progress)
     try:
         bar.set_postfix_str("assemble")
         config = _config_header(policy, shm_limit, stack, data, f"{build_dir.name}/manifest.json")
@@ -231,7 +233,6 @@ def package_ta(build_dir, policy: str = "logits", encrypt: bool | None = None,
         signed = encrypted = sizes = fp = None
         if not sim_only:
             bar.set_postfix_str("dev kit build")
-            kit = devkit_mod.find_devkit(devkit)
             supports = "CFG_ENCRYPT_TA" in (kit / "mk" / "link.mk").read_text(errors="replace") \
                 if (kit / "mk" / "link.mk").is_file() else False
             if encrypt and not supports:
