@@ -10,7 +10,8 @@ import torch
 from mirrornet_tvm import data, zoo
 from mirrornet_tvm.attack import (BLACKBOX, ILLEGAL, STEALING, WHITEBOX, AttackConfig, AttackRun, SecurityFloor,
                                   SecurityReport, Victim, budget_samples, disjoint_pool, evaluate, first_secure,
-                                  format_table, gap_closed, random_like, thief_split)
+                                  format_table, gap_closed, random_like, summary_lines,
+                                  thief_split)
 from mirrornet_tvm.attack.attacks import make_probe, train
 from mirrornet_tvm.cli import main
 from mirrornet_tvm.errors import StrategyError, UsageError
@@ -100,6 +101,9 @@ def test_attack_cli_writes_every_field(artifact, tmp_path, capsys):
     # the report can be read back with the same figures
     again = SecurityReport.from_dict(doc)
     assert [r.to_dict() for r in again.summary()] == rows
+    brief = summary_lines(doc)                                             # what `mirrornet report` can show
+    assert len(brief) == 4 and "0.05% (30 samples)" in brief[1] and "black-box" in brief[1]
+    assert brief[-1].strip() == f"verdict: {'SECURE' if v['secure'] else 'NOT SECURE'}"
 
 
 def test_attack_is_deterministic_and_caches_baselines(artifact, tmp_path):

@@ -22,13 +22,14 @@ from .attacks import BLACKBOX, ILLEGAL, PROBE_PREFIX, STEALING, WHITEBOX
 from .evaluate import (DEFAULT_BUDGETS, DEFAULT_LRS, DEFAULT_SEEDS, AttackConfig, attack_artifact, evaluate,
                        security_check)
 from .floor import SecureChoice, SecurityFloor, first_secure
-from .report import SECURE_RATIO, AttackRun, SecurityReport, SummaryRow, attack_label, format_table, gap_closed
+from .report import (SECURE_RATIO, AttackRun, SecurityReport, SummaryRow, attack_label, format_table, gap_closed,
+                     summary_lines)
 from .thief_data import budget_label, budget_samples, disjoint_pool, thief_split
 from .victim import Victim, random_like
 
 __all__ = [
     "AttackConfig", "AttackRun", "SecurityReport", "SummaryRow", "Victim", "SecurityFloor", "SecureChoice",
-    "attack_artifact", "evaluate", "security_check", "first_secure", "format_table", "attack_label", "gap_closed",
+    "attack_artifact", "evaluate", "security_check", "first_secure", "format_table", "summary_lines", "attack_label", "gap_closed",
     "budget_label", "budget_samples", "disjoint_pool", "thief_split", "random_like",
     "DEFAULT_BUDGETS", "DEFAULT_SEEDS", "DEFAULT_LRS", "SECURE_RATIO",
     "STEALING", "BLACKBOX", "WHITEBOX", "ILLEGAL", "PROBE_PREFIX",

@@ -36,7 +36,7 @@ from .victim import Victim, random_like
 
 DEFAULT_BUDGETS = (0.001, 0.01, 0.1)
 DEFAULT_SEEDS = (0, 1, 2)
-DEFAULT_LRS = (3e-4, 1e-3, 3e-3)
+DEFAULT_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_VAL_FRACTION = 0.2
 MIN_STEPS = 300

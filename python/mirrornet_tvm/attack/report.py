@@ -275,3 +275,24 @@ def format_table(report: SecurityReport) -> str:
     lines.append(f"verdict: {'SECURE' if report.meets() else 'NOT SECURE'} under the {report.floor:g}x rule "
                  "at every budget")
     return "\n".join(lines)
+
+
+def summary_lines(doc: dict) -> list:
+    """A few lines for ``mirrornet report``: per budget the worst attack, its ratio, gap closed, verdict.
+
+    ``doc`` is the content of ``ARTIFACT/attack.json``.
+    """
+    report = SecurityReport.from_dict(doc)
+    seeds = sorted({r.seed for r in report.runs})
+    lines = [f"security ({len(seeds)} seed(s); rule: every attack on the stolen backbone <= {report.floor:g}x black-box)"]
+    for b in report.budgets():
+        w = report.worst(b)
+        bb = report.row(BLACKBOX, b)
+        if w is None or bb is None:
+            continue
+        g = report.max_gap_closed(b)
+        lines.append(f"  {budget_label(b):>6} ({w.samples} samples): {attack_label(w.attack)} {w.accuracy:.2%} vs "
+                     f"black-box {bb.accuracy:.2%} = {w.ratio:.3f}x, gap closed "
+                     f"{'-' if g is None else f'{g:.0%}'}: {'secure' if w.ratio <= report.floor else 'NOT secure'}")
+    lines.append(f"  verdict: {'SECURE' if report.meets() else 'NOT SECURE'}")
+    return lines

@@ -1,0 +1,367 @@
+"""How much of a MirrorNet-protected model a thief can steal: the zoo on Fashion-MNIST, by strategy.
+
+For each zoo model, each degradation objective (uniform, adversarial) and a few strategies (the default
+that `mirrornet protect --auto` picks, the same CPM fed from a deeper tap, the default tap with a
+narrower CPM), the model is protected once (`mirrornet protect`, seed 0) and attacked at each budget
+with each seed (`mirrornet_tvm.attack`): illegal use, fine-tuning the stolen backbone, a linear probe on
+each tapped map, against the black-box baseline and the white-box reference. One table row per protected
+model and budget: accuracy original / authorized / illegal, the thief's best attack, black-box,
+white-box (mean ± std over the attack seeds), its ratio to black-box, the share of the black-box to
+white-box gap it closes, the verdict under the 1.05x rule, and the CPM's FLOP share and secure memory.
+
+    .venv/bin/python bench/security_table.py --quick          # lenet, 0.1% and 1%, two strategies
+    .venv/bin/python bench/security_table.py                  # the full grid (many hours on 2 cores)
+    .venv/bin/python bench/security_table.py --table-only     # re-print from what is cached
+
+Resumable: base models, artifacts and every (artifact, budget, seed) cell are cached under --out
+(default out/security); a rerun skips what is done. Black-box and white-box runs depend only on the
+base model, so they are computed once per model, budget and seed (--out/baselines). --max-minutes stops
+starting new work after that long, and the table shows what is done (missing cells are marked).
+The spread is over attack seeds (the thief's data draw, initialisation and sample order); each strategy
+is protected once (seed 0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python"))
+
+DATASET = "fashion-mnist"
+DEGRADATIONS = ("uniform", "adversarial")
+FULL = dict(models=("lenet", "vgg", "resnet"), budgets=(0.001, 0.01, 0.1), seeds=(0, 1, 2),
+            variants=("default", "deeper", "narrower"))
+QUICK = dict(models=("lenet",), budgets=(0.001, 0.01), seeds=(0, 1, 2), variants=("default", "deeper"))
+TARGET = {"ratio": 1.05, "ratio_budgets": (0.001, 0.01), "gap": 0.25, "authorized_points": 1.0, "flop_share": 0.10}
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.platform()} | {cpu} | {os.cpu_count()} cores | Python {platform.python_version()}"
+
+
+def say(msg: str) -> None:
+    print(f"[security] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Base models, strategies, artifacts
+# --------------------------------------------------------------------------------------------------
+
+def base_model(out: Path, model: str) -> Path:
+    from mirrornet_tvm.training_base import train_base
+
+    path = out / "models" / f"{model}.onnx"
+    if not (path.is_file() and Path(f"{path}.json").is_file()):
+        say(f"training base model {model} (mirrornet train-base --model {model} --dataset {DATASET})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        train_base(model, DATASET, path)
+    return path
+
+
+def strategies(base: Path, degradation: str, variants) -> dict:
+    """variant -> Strategy: the --auto default, the same CPM from the next deeper stage tap, a narrower CPM."""
+    from mirrornet_tvm.analysis import candidate_taps
+    from mirrornet_tvm.frontend import load_model
+    from mirrornet_tvm.mirror import strip_softmax
+    from mirrornet_tvm.protect import AUTO_FLOP_SHARE
+    from mirrornet_tvm.strategy import WIDTH_RATIOS, auto_select, generate_strategies
+
+    graph = strip_softmax(load_model(base).graph())
+    costs = generate_strategies(graph)
+    default = auto_select(costs, max_flop_share=AUTO_FLOP_SHARE, degradation=degradation).strategy
+    out = {"default": default}
+    taps = [t.name for t in candidate_taps(graph)]
+    stages = [t.name for t in candidate_taps(graph) if t.op in ("MaxPool", "AveragePool", "Add")] or taps
+    deeper = [t for t in stages if taps.index(t) > taps.index(default.taps[0])]
+    if "deeper" in variants and deeper:
+        out["deeper"] = default.replace(taps=(deeper[0],))
+    narrower = [w for w in WIDTH_RATIOS if w < default.width_ratio]
+    if "narrower" in variants and narrower:
+        out["narrower"] = default.replace(width_ratio=narrower[-1])
+    return {k: v for k, v in out.items() if k in variants}
+
+
+def artifact(out: Path, model: str, base: Path, strategy, args) -> Path:
+    from mirrornet_tvm.protect import protect
+    from mirrornet_tvm.training import JointConfig
+
+    art = out / "artifacts" / model / strategy.name
+    if (art / "metrics.json").is_file():
+        return art
+    cmd = (f"mirrornet protect {base} --dataset {DATASET} --strategy <{strategy.name}> --seed 0"
+           + (f" --epochs {args.protect_epochs}" if args.protect_epochs else "")
+           + (f" --subset {args.protect_subset}" if args.protect_subset else ""))
+    say(f"protecting {model} with {strategy.name}: {cmd}")
+    config = JointConfig(seed=0) if not args.protect_epochs else JointConfig(epochs=args.protect_epochs, seed=0)
+    protect(base, DATASET, art, strategy=strategy, config=config, subset=args.protect_subset,
+            resume=(art / "checkpoint.pt").is_file(), command=cmd + "  (from bench/security_table.py)")
+    return art
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells: one (artifact, budget, seed) evaluation each
+# --------------------------------------------------------------------------------------------------
+
+def cell_path(art: Path, budget: float, seed: int) -> Path:
+    from mirrornet_tvm.attack import budget_label
+
+    return art / "security_cells" / f"{budget_label(budget).replace('%', 'pct')}-seed{seed}.json"
+
+
+def run_cell(art: Path, budget: float, seed: int, out: Path, args) -> None:
+    from mirrornet_tvm.attack import AttackConfig, Victim, evaluate
+    from mirrornet_tvm.util import write_json
+
+    config = AttackConfig(budgets=(budget,), seeds=(seed,), lrs=tuple(args.lrs))
+    report = evaluate(Victim.from_artifact(art), DATASET, config, baseline_cache=out / "baselines")
+    write_json(cell_path(art, budget, seed), dict(report.to_dict(), generated_by=(
+        f"bench/security_table.py: mirrornet_tvm.attack.evaluate on {art.name}, budget {budget}, seed {seed}")))
+
+
+def merged_report(art: Path, budgets, seeds):
+    """The artifact's SecurityReport from its cached cells (None if none is done); lists missing cells."""
+    from mirrornet_tvm.attack import SecurityReport
+
+    runs, meta, illegal, missing = [], None, None, []
+    for b in budgets:
+        for s in seeds:
+            p = cell_path(art, b, s)
+            if not p.is_file():
+                missing.append((b, s))
+                continue
+            doc = json.loads(p.read_text())
+            r = SecurityReport.from_dict(doc)
+            runs += r.runs
+            illegal, meta = r.illegal, meta or r.meta
+    if not runs:
+        return None, missing
+    return SecurityReport(tuple(runs), illegal, TARGET["ratio"], meta), missing
+
+
+# --------------------------------------------------------------------------------------------------
+# Table
+# --------------------------------------------------------------------------------------------------
+
+def _pm(mean, std, scale=100.0, digits=1, unit="%"):
+    if mean is None:
+        return "-"
+    return f"{scale * mean:.{digits}f}" + (f"±{scale * std:.{digits}f}" if std else "") + unit
+
+
+def table_rows(out: Path, plan, budgets, seeds) -> list:
+    from mirrornet_tvm.attack import BLACKBOX, WHITEBOX, attack_label, budget_label
+
+    rows = []
+    for model, degradation, variant, strategy in plan:
+        art = out / "artifacts" / model / strategy.name
+        if not (art / "metrics.json").is_file():
+            rows.append({"model": model, "degradation": degradation, "variant": variant, "strategy": strategy.name,
+                         "status": "not protected yet"})
+            continue
+        m = json.loads((art / "metrics.json").read_text())
+        report, missing = merged_report(art, budgets, seeds)
+        base = {"model": model, "degradation": degradation, "variant": variant, "strategy": strategy.name,
+                "taps": list(strategy.taps), "width": strategy.width_ratio,
+                "flop_share": m["cpm"]["flop_share"], "secure_kib": m["secure_memory"]["total"] / 1024,
+                "original": m["accuracy"]["original"], "authorized": m["accuracy"]["authorized"],
+                "illegal": m["accuracy"]["illegal"]}
+        for b in budgets:
+            row = dict(base, budget=b, budget_label=budget_label(b))
+            done = [s for s in seeds if (b, s) not in missing]
+            row["seeds_done"] = done
+            if report is None or not done:
+                row["status"] = "not attacked yet"
+                rows.append(row)
+                continue
+            w = report.worst(b)
+            bb, wb = report.row(BLACKBOX, b), report.row(WHITEBOX, b)
+            row.update(status="ok" if len(done) == len(seeds) else f"{len(done)}/{len(seeds)} seeds",
+                       samples=report.samples(b), worst_attack=w.attack, worst_label=attack_label(w.attack),
+                       stolen=w.accuracy, stolen_std=w.accuracy_std, ratio=w.ratio, ratio_std=w.ratio_std,
+                       gap_closed=report.max_gap_closed(b), blackbox=bb.accuracy, blackbox_std=bb.accuracy_std,
+                       whitebox=wb.accuracy, whitebox_std=wb.accuracy_std, secure=bool(w.ratio <= TARGET["ratio"]),
+                       attacks={r.attack: {"accuracy": r.accuracy, "std": r.accuracy_std, "ratio": r.ratio,
+                                           "gap_closed": r.gap_closed}
+                                for r in report.summary() if r.budget == b})
+            rows.append(row)
+    return rows
+
+
+def target_check(rows) -> list:
+    """Issue target, per protected model with the default strategy."""
+    lines = []
+    for key in sorted({(r["model"], r["degradation"]) for r in rows if r.get("variant") == "default"}):
+        mine = [r for r in rows if (r["model"], r["degradation"]) == key and r.get("variant") == "default"
+                and "ratio" in r]
+        if not mine:
+            lines.append(f"  {key[0]} / {key[1]}: not measured yet")
+            continue
+        r0 = mine[0]
+        checks = {
+            "authorized within 1 point": 100 * (r0["original"] - r0["authorized"]) <= TARGET["authorized_points"],
+            "CPM < 10% FLOPs": r0["flop_share"] < TARGET["flop_share"],
+        }
+        for r in mine:
+            if any(abs(r["budget"] - b) < 1e-12 for b in TARGET["ratio_budgets"]):
+                checks[f"<= 1.05x black-box at {r['budget_label']}"] = r["ratio"] <= TARGET["ratio"]
+            checks[f"gap closed <= 25% at {r['budget_label']}"] = (r["gap_closed"] is None
+                                                                   or r["gap_closed"] <= TARGET["gap"])
+        ok = all(checks.values())
+        failed = [k for k, v in checks.items() if not v]
+        partial = "" if all(r["status"] == "ok" for r in mine) else " [not every seed done]"
+        budgets = ", ".join(r["budget_label"] for r in mine)
+        lines.append(f"  {key[0]} / {key[1]} default strategy ({budgets}{partial}): "
+                     f"{'TARGET MET' if ok else 'target not met'}"
+                     + ("" if ok else f" (fails: {'; '.join(failed)})"))
+    return lines
+
+
+def format_table(rows, seeds) -> str:
+    head = (f"| model | objective | strategy (taps, width) | CPM FLOPs | secure KiB | original | authorized | illegal "
+            f"| budget | best attack | stolen | black-box | white-box | x black-box | gap closed | verdict |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if "budget" not in r:
+            lines.append(f"| {r['model']} | {r['degradation']} | {r['strategy']} | | | | | | | {r['status']} | | | | | | |")
+            continue
+        strat = f"{'+'.join(r['taps'])}, 1/{round(1 / r['width'])} ({r['variant']})"
+        common = (f"| {r['model']} | {r['degradation']} | {strat} | {100 * r['flop_share']:.2f}% | {r['secure_kib']:.1f} "
+                  f"| {100 * r['original']:.2f}% | {100 * r['authorized']:.2f}% | {100 * r['illegal']:.2f}% "
+                  f"| {r['budget_label']} ")
+        if r["status"] == "not attacked yet":
+            lines.append(common + "| not attacked yet | | | | | | |")
+            continue
+        gap = "-" if r["gap_closed"] is None else f"{100 * r['gap_closed']:.0f}%"
+        verdict = ("secure" if r["secure"] else "NOT secure") + ("" if r["status"] == "ok" else f" ({r['status']})")
+        lines.append(common + f"| {r['worst_label']} | {_pm(r['stolen'], r['stolen_std'])} "
+                     f"| {_pm(r['blackbox'], r['blackbox_std'])} | {_pm(r['whitebox'], r['whitebox_std'])} "
+                     f"| {_pm(r['ratio'], r['ratio_std'], 1.0, 3, 'x')} | {gap} | {verdict} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------
+
+def _floats(text):
+    return tuple(float(v) for v in text.split(",") if v.strip())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="lenet only, budgets 0.1%% and 1%%, default and deeper tap")
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "security")
+    ap.add_argument("--models", help="comma-separated zoo models (default: all, or lenet with --quick)")
+    ap.add_argument("--budgets", type=_floats, help="comma-separated budgets (fractions of the training split)")
+    ap.add_argument("--seeds", help="comma-separated attack seeds (default 0,1,2)")
+    ap.add_argument("--variants", help="comma-separated strategy variants: default, deeper, narrower")
+    ap.add_argument("--degradations", default=",".join(DEGRADATIONS))
+    ap.add_argument("--lrs", type=_floats, default=None, help="learning rates of every attack "
+                                                               "(default: mirrornet attack's)")
+    ap.add_argument("--protect-epochs", type=int, default=None, help="joint-training epochs (default: protect's)")
+    ap.add_argument("--protect-subset", type=int, default=None, help="joint training on N training images")
+    ap.add_argument("--max-minutes", type=float, default=None, help="start no new work after this long")
+    ap.add_argument("--table-only", action="store_true", help="print the table from the cache, run nothing")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    from mirrornet_tvm.attack import DEFAULT_LRS
+    from mirrornet_tvm.training_base import set_threads
+    from mirrornet_tvm.util import write_json
+
+    grid = dict(QUICK if args.quick else FULL)
+    models = args.models.split(",") if args.models else grid["models"]
+    budgets = args.budgets or grid["budgets"]
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else grid["seeds"]
+    variants = tuple(args.variants.split(",")) if args.variants else grid["variants"]
+    degradations = tuple(args.degradations.split(","))
+    args.lrs = args.lrs or DEFAULT_LRS
+    set_threads(args.threads)
+    out = args.out
+    t0 = time.perf_counter()
+
+    def out_of_time() -> bool:
+        return args.max_minutes is not None and (time.perf_counter() - t0) / 60 > args.max_minutes
+
+    # The plan: (model, degradation, variant, strategy); base models are needed to know the strategies.
+    plan = []
+    for model in models:
+        path = out / "models" / f"{model}.onnx"
+        if args.table_only and not path.is_file():
+            continue
+        if not args.table_only and not path.is_file() and out_of_time():
+            continue
+        base = path if args.table_only else base_model(out, model)
+        for d in degradations:
+            for variant, s in strategies(base, d, variants).items():
+                plan.append((model, d, variant, s))
+
+    if not args.table_only:
+        # Protect every artifact first (default strategies first), then attack: small budgets first.
+        order = sorted(plan, key=lambda p: (variants.index(p[2]), models.index(p[0])))
+        for model, d, variant, s in order:
+            if out_of_time():
+                say("time limit reached: not starting more protection runs")
+                break
+            artifact(out, model, out / "models" / f"{model}.onnx", s, args)
+        for b in budgets:
+            for model, d, variant, s in order:
+                art = out / "artifacts" / model / s.name
+                if not (art / "metrics.json").is_file():
+                    continue
+                for seed in seeds:
+                    if cell_path(art, b, seed).is_file():
+                        continue
+                    if out_of_time():
+                        break
+                    say(f"attacking {model} {s.name} at budget {b} with seed {seed}")
+                    run_cell(art, b, seed, out, args)
+
+    rows = table_rows(out, plan, budgets, seeds)
+    cmd = " ".join(shlex.quote(a) for a in ["bench/security_table.py", *(argv if argv is not None else sys.argv[1:])])
+    text = "\n".join([
+        f"# Security of MirrorNet-protected zoo models on {DATASET}",
+        "",
+        f"Generated by `{cmd}` (mirrornet_tvm.attack) on {machine()}.",
+        f"Attack seeds {', '.join(map(str, seeds))} (mean ± std over them; each strategy protected once, seed 0); "
+        f"learning rates {', '.join(f'{lr:g}' for lr in args.lrs)}, chosen per attack on a held-out 20% of the "
+        "thief's budget; test accuracy on the full official test split. 'best attack' is the attack on the "
+        "stolen backbone with the highest ratio to black-box (fine-tuning, a linear probe on a tap, or illegal "
+        "use); 'gap closed' is the largest over those attacks.",
+        "",
+        format_table(rows, seeds),
+        "",
+        "Target (default strategy): <= 1.05x black-box at 0.1% and 1%, <= 25% of the gap closed at every budget, "
+        "authorized within 1 point of original, CPM < 10% of FLOPs:",
+        *target_check(rows),
+    ])
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    from mirrornet_tvm.util import atomic_write
+
+    atomic_write(out / "security_table.md", text + "\n")
+    write_json(out / "security_table.json", {"generated_by": f"{cmd} (mirrornet_tvm.attack)", "machine": machine(),
+                                             "rows": rows})
+    say(f"table written to {out / 'security_table.md'} and security_table.json "
+        f"({(time.perf_counter() - t0) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
