@@ -128,3 +128,16 @@ def random_kernels(count: int, seed: int = 0, exclude=()) -> list[Kernel]:
                     break
         net_seed += 1
     return out
+
+
+def scheduled_like_cpm(kernels, target=None, cache=None) -> list[Kernel]:
+    """The same kernels with the CPM's default CPU schedule applied (what the generated C runs)."""
+    from ..codegen.schedule import CpmCpuSchedule
+    from .lowering import LoweringCache
+    from .targets import resolve_target
+    from .workloads import make_kernel
+
+    cache = cache or LoweringCache()
+    funcs = {f"k{i}": k.func for i, k in enumerate(kernels)}
+    done = cache.schedule(funcs, resolve_target(target), None, CpmCpuSchedule())
+    return [make_kernel(done[f"k{i}"], name=k.name, calls=k.calls) for i, k in enumerate(kernels)]

@@ -1,9 +1,10 @@
-"""Measurement harness: compile TIR kernels (and whole Relax functions) and time them on a device.
+"""Measurement harness: compile TIR kernels and time them on a device.
 
 Kernels are built for the target either by TVM's LLVM backend (flavour ``"tvm"``, what the normal
 world runs) or by TVM's C backend compiled with gcc at a TEE's optimisation level (flavours
-``"c-O2"``/``"c-Os"``, single-threaded, like the CPM's generated C in the simulator / in OP-TEE). The library is uploaded to a
-:class:`~.rpc.Device` (this process or an RPC server) and timed with ``time_evaluator``.
+``"c-O2"``/``"c-Os"``: single-threaded, like the CPM's generated C in the simulator / in OP-TEE).
+The library is uploaded to a :class:`~.rpc.Device` (this process or an RPC server, cross-compiled
+for a board) and timed with ``time_evaluator``.
 
 Results are appended, one JSON object a line, to a records file. A run skips kernels already in
 the file, so an interrupted measurement resumes where it stopped; a torn last line is ignored.
@@ -16,10 +17,9 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import tvm
 from tqdm import tqdm
 
@@ -222,40 +222,6 @@ def measure(kernels, target=None, device: Device = LOCAL, records=None, flavour:
                     store.append(m)
             bar.close()
     return [known[rk] for rk in result_keys]
-
-
-@dataclass(frozen=True)
-class FunctionTiming:
-    """A whole Relax function timed on the Relax VM: best and all timings, in seconds."""
-
-    function: str
-    seconds: float
-    results: tuple[float, ...] = field(default=())
-
-
-def measure_relax(mod: tvm.IRModule, inputs, target=None, device: Device = LOCAL, function: str = "main",
-                  timing: TimingConfig = TimingConfig()) -> FunctionTiming:
-    """Compile a Relax module for ``target`` and time ``function`` on the Relax VM on ``device``."""
-    from tvm import relax
-
-    target = resolve_target(target)
-    session = device.connect()
-    with tempfile.TemporaryDirectory(prefix="mirrornet-measure-") as tmp:
-        path = Path(tmp) / "relax_module.so"
-        try:
-            exe = tvm.compile(mod, target=target)
-            exe.export_library(str(path), fcompile=_fcompile(target, "tvm"))
-        except Exception as err:
-            raise CompileError(f"building the Relax module for timing failed: {err}") from err
-        session.upload(str(path))
-        lib = session.load_module(path.name)
-        dev = session.cpu()
-        vm = relax.VirtualMachine(lib, dev)
-        args = [tvm.runtime.tensor(np.asarray(a), dev) for a in inputs]
-        evaluator = vm.time_evaluator(function, dev, number=timing.number, repeat=timing.repeat,
-                                      min_repeat_ms=timing.min_repeat_ms)
-        results = [float(r) for r in evaluator(*args).results]
-    return FunctionTiming(function=function, seconds=min(results), results=tuple(results))
 
 
 def usable(measurements) -> list[Measurement]:

@@ -8,6 +8,7 @@ registered with a tracker under one key. :func:`local_fleet` starts a tracker an
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -83,6 +84,8 @@ class Device:
         from tvm import rpc
 
         if self.tracker is None:
+            # the in-process session logs every module it loads: keep measurement output readable
+            logging.getLogger("RPCServer").setLevel(logging.WARNING)
             return rpc.LocalSession()
         self.check()
         try:
@@ -110,57 +113,100 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Terminate a process group we started (the tracker/server and the workers they fork)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "status"]):
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    else:  # the leader exited; its forked children may still hold the group
+            if os.getpgid(p.info["pid"]) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p.info["pid"])
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return out
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Terminate a process group we started: the tracker/server and the workers it forked."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=grace)
+    deadline = time.monotonic() + grace
+    while group_members(proc.pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
 
 
-@contextlib.contextmanager
-def local_fleet(key: str = "local", servers: int = 1, startup_timeout: float = 120.0):
-    """Start an RPC tracker and ``servers`` RPC servers on 127.0.0.1; yield the :class:`Device`.
+class LocalFleet:
+    """An RPC tracker and ``servers`` RPC servers on 127.0.0.1 (``with LocalFleet(key) as device:``).
 
-    Every process runs in its own process group and is terminated on exit, also on errors.
+    Every process runs in its own process group (a server forks one child per session), and every
+    group is terminated on exit, also on errors.
     """
-    procs: list[subprocess.Popen] = []
-    py = sys.executable
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
-    try:
-        port = _free_port()
-        procs.append(subprocess.Popen(
-            [py, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-             "--port-end", str(port + 1), "--silent"], **quiet))
-        deadline = time.monotonic() + startup_timeout
-        while not _reachable("127.0.0.1", port, timeout=0.5):
-            if procs[0].poll() is not None or time.monotonic() > deadline:
-                raise UsageError(f"the local RPC tracker did not start on port {port}")
-            time.sleep(0.2)
-        for _ in range(servers):
-            sport = _free_port()
-            procs.append(subprocess.Popen(
-                [py, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(sport),
-                 "--port-end", str(sport + 1), "--tracker", f"127.0.0.1:{port}", "--key", key,
-                 "--silent"], **quiet))
+
+    def __init__(self, key: str = "local", servers: int = 1, startup_timeout: float = 120.0):
+        if not key or servers < 1:
+            raise UsageError("a local fleet needs a key and at least one server")
+        self.key, self.servers, self.startup_timeout = key, servers, startup_timeout
+        self._procs: list[subprocess.Popen] = []
+
+    @property
+    def process_groups(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def __enter__(self) -> Device:
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self) -> Device:
         from tvm import rpc
 
+        py = sys.executable
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+        port = _free_port()
+        self._procs.append(subprocess.Popen(
+            [py, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+             "--port-end", str(port + 1), "--silent"], **quiet))
+        deadline = time.monotonic() + self.startup_timeout
+        while not _reachable("127.0.0.1", port, timeout=0.5):
+            if self._procs[0].poll() is not None or time.monotonic() > deadline:
+                raise UsageError(f"the local RPC tracker did not start on port {port}")
+            time.sleep(0.2)
+        for _ in range(self.servers):
+            sport = _free_port()
+            self._procs.append(subprocess.Popen(
+                [py, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(sport),
+                 "--port-end", str(sport + 1), "--tracker", f"127.0.0.1:{port}", "--key", self.key,
+                 "--silent"], **quiet))
         while True:
             summary = rpc.connect_tracker("127.0.0.1", port).summary()
-            if summary.get("queue_info", {}).get(key, {}).get("free", 0) >= servers:
+            if summary.get("queue_info", {}).get(self.key, {}).get("free", 0) >= self.servers:
                 break
-            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
-                raise UsageError(f"the local RPC servers for key {key!r} did not register in time")
+            if any(p.poll() is not None for p in self._procs) or time.monotonic() > deadline:
+                raise UsageError(f"the local RPC servers for key {self.key!r} did not register in time")
             time.sleep(0.3)
-        yield Device(tracker=TrackerAddress("127.0.0.1", port), key=key)
-    finally:
-        for proc in reversed(procs):
+        return Device(tracker=TrackerAddress("127.0.0.1", port), key=self.key)
+
+    def close(self) -> None:
+        for proc in reversed(self._procs):
             _stop(proc)
+
+
+def local_fleet(key: str = "local", servers: int = 1, startup_timeout: float = 120.0) -> LocalFleet:
+    """A tracker and servers on 127.0.0.1 for tests and trials: ``with local_fleet("k") as device:``."""
+    return LocalFleet(key, servers, startup_timeout)

@@ -12,40 +12,35 @@ import tvm
 
 from ..errors import UsageError
 
-#: Raspberry Pi 3 (Cortex-A53, 64-bit Linux), the board the MirrorNet paper evaluates on.
-RPI3 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53"}
+#: Raspberry Pi 3 (Cortex-A53, 64-bit Linux, four cores), the board the MirrorNet paper evaluates on.
+RPI3 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53", "num-cores": 4}
 
-_ALIASES = {"rpi3": RPI3, "raspberry-pi-3": RPI3}
+_ALIASES = {"raspberry-pi-3": RPI3}
 
 
 def host_target() -> tvm.target.Target:
-    """The CPU this process runs on, as an LLVM target with its ``mcpu`` spelled out."""
-    cpu = tvm.get_global_func("tvm.codegen.llvm.GetHostCPUName")()
-    return tvm.target.Target({"kind": "llvm", "mcpu": cpu})
+    """The CPU this process runs on, exactly as ``mirrornet compile --target host`` builds for it."""
+    return resolve_target("host")
 
 
 def resolve_target(spec=None) -> tvm.target.Target:
-    """Turn ``None``/``"host"``, an alias (``"rpi3"``), a dict, a JSON string or a Target into a Target."""
+    """``None``/``"host"``, a preset (``"rpi3"``), a dict, its JSON text or a Target -> a Target.
+
+    Names and dicts resolve as the backbone build resolves them (:func:`mirrornet_tvm.build.resolve_target`),
+    so a cost model trained for ``host`` is bound to the very target ``mirrornet compile`` uses.
+    """
     if isinstance(spec, tvm.target.Target):
         return spec
-    if spec is None or spec == "host":
-        return host_target()
-    if isinstance(spec, str):
-        if spec in _ALIASES:
-            return tvm.target.Target(dict(_ALIASES[spec]))
+    from ..build import resolve_target as build_target
+
+    if isinstance(spec, str) and spec in _ALIASES:
+        spec = dict(_ALIASES[spec])
+    if isinstance(spec, dict) and spec.get("kind") != "llvm":
         try:
-            spec = json.loads(spec)
-        except json.JSONDecodeError:
-            raise UsageError(
-                f"target {spec!r} is neither 'host', an alias ({', '.join(sorted(_ALIASES))}) nor a "
-                'JSON dict such as {"kind": "llvm", "mcpu": "cortex-a53"}'
-            ) from None
-    if not isinstance(spec, dict):
-        raise UsageError(f"target must be a name or a dict, got {type(spec).__name__}")
-    try:
-        return tvm.target.Target(spec)
-    except Exception as err:  # TVM raises its own error types for unknown kinds / attributes
-        raise UsageError(f"TVM rejected the target {json.dumps(spec)}: {err}") from None
+            return tvm.target.Target(spec)
+        except Exception as err:  # TVM raises its own error types for unknown kinds / attributes
+            raise UsageError(f"TVM rejected the target {json.dumps(spec)}: {err}") from None
+    return build_target(spec).target
 
 
 def _plain(value):

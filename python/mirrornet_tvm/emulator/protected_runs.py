@@ -1,0 +1,106 @@
+"""Measured protected inference of whole strategies: the ground truth for calibration and the bench.
+
+For each strategy: the MirrorNet is built from the model (untrained weights: latency does not depend
+on them), exported as an artifact, compiled (``mirrornet compile``), packaged for the host TEE
+simulator (``mirrornet package-ta --sim-only``) and run on images: the backbone on the Relax VM, the
+CPM in the simulated TA. Each stage's time is the minimum over the images (what an idle core gives;
+the same statistic as the kernel measurements), and ``total`` the minimum of the per-image sums.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MirrorNetError
+from ..util import read_json, write_json
+
+
+@dataclass(frozen=True)
+class ProtectedTiming:
+    """Measured seconds per inference of one strategy (minimum over ``images`` runs)."""
+
+    name: str
+    backbone_s: float
+    cpm_s: float
+    transfer_s: float
+    total_s: float
+    images: int
+    tee: str
+    build_dir: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_strategy(model, strategy, folder, target=None, progress: bool = False) -> Path:
+    """Artifact + compile + simulator TA for ``strategy``; returns the build folder."""
+    from ..compile import compile_artifact
+    from ..frontend import load_model
+    from ..mirror import MirrorNet, strip_softmax
+    from ..tee.package import package_ta
+
+    model = model if hasattr(model, "graph") and hasattr(model, "proto") else load_model(model)
+    folder = Path(folder)
+    art, build = folder / "artifact", folder / "build"
+    if not (build / "manifest.json").is_file() or "ta" not in read_json(build / "manifest.json"):
+        shutil.rmtree(folder, ignore_errors=True)
+        art.mkdir(parents=True)
+        net = MirrorNet(strip_softmax(model.graph()), strategy)
+        net.eval()
+        net.export_onnx(art / "combined.onnx", source="mirrornet_tvm.emulator (latency measurement)")
+        strategy.save(art / "strategy.json")
+        from .targets import target_dict
+
+        compile_artifact(art, build, target=target_dict(target) if target is not None else None,
+                         progress=progress)
+        package_ta(build, sim_only=True)
+    return build
+
+
+def time_build(build_dir, images: np.ndarray, tee: str = "sim", warmup: int = 3) -> ProtectedTiming:
+    """Run ``images`` one by one through backbone + TA and take each stage's minimum."""
+    from ..tee.protected import Backbone
+    from ..tee.session import TeeSession
+
+    backbone = Backbone(build_dir)
+    n = len(images)
+    b_ns, c_ns, t_ns, tot_ns = (np.zeros(n, np.int64) for _ in range(4))
+    with TeeSession(build_dir, tee=tee) as session:
+        for i in range(min(warmup, n)):
+            session.run(backbone.taps(images[i:i + 1]))
+        for i in range(n):
+            t0 = time.perf_counter_ns()
+            row = backbone.taps(images[i:i + 1])
+            t1 = time.perf_counter_ns()
+            _, cpm = session.run(row)
+            t2 = time.perf_counter_ns()
+            b_ns[i], c_ns[i], t_ns[i], tot_ns[i] = t1 - t0, cpm, max(t2 - t1 - cpm, 0), t2 - t0
+    return ProtectedTiming(name=Path(build_dir).parent.name, backbone_s=b_ns.min() / 1e9, cpm_s=c_ns.min() / 1e9,
+                           transfer_s=t_ns.min() / 1e9, total_s=tot_ns.min() / 1e9, images=n, tee=tee,
+                           build_dir=str(build_dir))
+
+
+def measure_strategies(model, strategies, work_dir, images: np.ndarray, target=None,
+                       progress: bool = True, results_file=None) -> list[ProtectedTiming]:
+    """Build and time each strategy (builds are kept in ``work_dir/<name>`` and reused)."""
+    from tqdm import tqdm
+
+    out = []
+    work_dir = Path(work_dir)
+    bar = tqdm(list(strategies), desc="protected runs", unit="strategy", file=sys.stderr, disable=not progress)
+    for item in bar:
+        strategy = getattr(item, "strategy", item)
+        bar.set_postfix_str(strategy.name[:40])
+        try:
+            build = build_strategy(model, strategy, work_dir / strategy.name, target=target)
+        except MirrorNetError as err:
+            raise MirrorNetError(f"building strategy {strategy.name} for a latency measurement failed: {err}") from err
+        out.append(time_build(build, images))
+        if results_file is not None:
+            write_json(results_file, [t.to_dict() for t in out])
+    return out

@@ -1,0 +1,166 @@
+"""Cost model persistence and target binding, features, calibration fit, selection and Pareto logic."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mirrornet_tvm.emulator import calibration as cal_mod
+from mirrornet_tvm.emulator import corpus, features
+from mirrornet_tvm.emulator.cost_model import CostModel, FlopsBaseline, TargetMismatchError
+from mirrornet_tvm.emulator.emulate import Estimate, Floors, feasible, pareto_front, rank, select, table
+from mirrornet_tvm.emulator.targets import RPI3, resolve_target, target_key
+from mirrornet_tvm.errors import ArtifactError, StrategyError, UsageError
+
+torch.set_num_threads(1)
+HOST = {"kind": "llvm", "mcpu": "x86-64"}
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return corpus.random_kernels(24, seed=7)
+
+
+def synthetic_seconds(kernels):
+    # a known law the model can learn: time grows with work, elementwise kernels are slower per FLOP
+    return np.array([(k.flops + 1.0) * 1e-9 + k.arg_bytes * 2e-10 + 1e-7 for k in kernels])
+
+
+def test_features_have_fixed_length_and_differ_between_kernels(kernels):
+    x = features.kernel_features(kernels[:6], HOST)
+    assert x.shape == (6, features.LENGTH)
+    assert np.all(np.isfinite(x))
+    assert len({tuple(np.round(r, 6)) for r in x}) == 6  # distinct kernels, distinct vectors
+
+
+def test_save_load_round_trip_predicts_the_same(tmp_path, kernels):
+    model = CostModel(HOST)
+    model.fit(kernels, synthetic_seconds(kernels), "tvm")
+    before = model.predict(kernels, HOST, "tvm")
+    model.save(tmp_path / "cm.json")
+    loaded = CostModel.load(tmp_path / "cm.json")
+    assert loaded.target == model.target and loaded.flavours == ("tvm",)
+    np.testing.assert_allclose(loaded.predict(kernels, HOST, "tvm"), before, rtol=1e-6)
+    assert json.loads((tmp_path / "cm.json").read_text())["generated_by"].startswith("mirrornet_tvm")
+
+
+def test_refuses_another_target(tmp_path, kernels):
+    model = CostModel(HOST)
+    model.fit(kernels, synthetic_seconds(kernels), "tvm")
+    model.save(tmp_path / "cm.json")
+    loaded = CostModel.load(tmp_path / "cm.json")
+    with pytest.raises(TargetMismatchError, match="cannot predict"):
+        loaded.predict(kernels, RPI3, "tvm")
+    with pytest.raises(TargetMismatchError):
+        loaded.predict(kernels, {"kind": "llvm", "mcpu": "skylake"}, "tvm")
+    with pytest.raises(UsageError, match="no 'c-O2' regressor"):
+        loaded.predict(kernels, HOST, "c-O2")
+
+
+def test_load_rejects_bad_files(tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        CostModel.load(tmp_path / "missing.json")
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="unreadable"):
+        CostModel.load(tmp_path / "junk.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ArtifactError, match="not a mirrornet-cost-model"):
+        CostModel.load(tmp_path / "other.json")
+    bad = {"format": "mirrornet-cost-model/1", "feature_version": -1, "target": HOST, "flavours": {}}
+    (tmp_path / "old.json").write_text(json.dumps(bad))
+    with pytest.raises(ArtifactError, match="feature layout"):
+        CostModel.load(tmp_path / "old.json")
+
+
+def test_fit_rejects_bad_training_data(kernels):
+    model = CostModel(HOST)
+    with pytest.raises(UsageError, match="at least 4"):
+        model.fit(kernels[:2], [1e-3, 2e-3])
+    with pytest.raises(UsageError, match="positive"):
+        model.fit(kernels[:5], [1e-3, 0.0, 1e-3, 1e-3, 1e-3])
+    with pytest.raises(UsageError, match="timings"):
+        model.fit(kernels[:5], [1e-3] * 4)
+
+
+def test_learns_a_law_flops_alone_misses(kernels):
+    more = corpus.random_kernels(60, seed=11, exclude={k.key for k in kernels})
+    train, held = kernels + more[:30], more[30:]
+    # seconds depend on bytes as much as on FLOPs: FLOPs alone cannot rank these
+    law = lambda ks: np.array([(k.flops + 1) * 1e-10 + k.arg_bytes * 5e-9 for k in ks])  # noqa: E731
+    model = CostModel(HOST)
+    model.fit(train, law(train), "tvm")
+    from scipy.stats import spearmanr
+
+    truth = law(held)
+    ours = spearmanr(model.predict(held, HOST, "tvm"), truth)[0]
+    flops = spearmanr(FlopsBaseline().fit(train, law(train)).predict(held), truth)[0]
+    assert ours > 0.9 and ours > flops
+
+
+def test_target_key_is_canonical():
+    assert target_key(resolve_target("rpi3")) == target_key(dict(RPI3))
+    assert target_key(HOST) != target_key(RPI3)
+    with pytest.raises(UsageError, match="neither"):
+        resolve_target("not-a-target")
+
+
+def test_calibration_fit_recovers_a_known_law(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(8):
+        bp, bc, bb = rng.uniform(1e-3, 5e-3), int(rng.integers(3, 12)), int(rng.integers(1, 80)) * 1024
+        cp, cc, tin = rng.uniform(1e-5, 5e-4), int(rng.integers(2, 10)), int(rng.integers(1, 900)) * 1024
+        transfer = cal_mod.Transfer(per_invoke=30e-6, per_byte=1e-9)
+        samples.append(cal_mod.Sample(
+            f"s{i}", bp, bc, bb, cp, cc, tin, 40,
+            backbone_measured=1.1 * bp + 2e-6 * bc + 1e-9 * bb + 50e-6,
+            cpm_measured=1.5 * cp + 1e-6 * cc,
+            transfer_measured=transfer(tin, 40)))
+    cal = cal_mod.fit(samples)
+    assert cal.backbone.scale == pytest.approx(1.1, rel=1e-3)
+    assert cal.cpm.scale == pytest.approx(1.5, rel=1e-3)
+    assert cal.transfer.per_invoke == pytest.approx(30e-6, rel=1e-3)
+    assert cal.transfer.per_byte == pytest.approx(1e-9, rel=1e-3)
+    cal.save(tmp_path / "cal.json")
+    assert cal_mod.Calibration.load(tmp_path / "cal.json") == cal
+    with pytest.raises(UsageError, match="at least 3"):
+        cal_mod.fit(samples[:2])
+
+
+def test_invokes_split_large_taps():
+    t = cal_mod.Transfer(shm_limit=1000)
+    assert t.invokes(1000) == 1
+    assert t.invokes(1001) == 3  # two LOAD_TAPS chunks, then RUN_CPM
+    assert t.invokes(2500) == 4
+
+
+def _est(name, total, secure, accuracy=None, security=None):
+    return Estimate(name=name, strategy={}, backbone_s=total, cpm_s=0.0, transfer_s=0.0, total_s=total,
+                    invokes=1, tee_bytes=0, secure_bytes=secure, secure={}, backbone_kernels=1, cpm_kernels=1,
+                    tuned=False, accuracy=accuracy, security=security)
+
+
+def test_select_rank_and_floors():
+    es = [_est("fast-big", 1.0, 900, 0.90, 0.2), _est("mid", 2.0, 500, 0.92, 0.6),
+          _est("slow-small", 3.0, 100, 0.91, 0.9)]
+    assert select(es).name == "fast-big"
+    assert select(es, budget_bytes=600).name == "mid"
+    assert select(es, floors=Floors(min_security=0.8)).name == "slow-small"
+    assert [e.name for e in rank(es, budget_bytes=600)] == ["mid", "slow-small"]
+    assert feasible(es, floors=Floors(min_accuracy=0.915)) == [es[1]]
+    with pytest.raises(StrategyError, match="none of 3"):
+        select(es, budget_bytes=50)
+    unknown = [_est("a", 1.0, 10)]
+    with pytest.raises(StrategyError):
+        select(unknown, floors=Floors(min_accuracy=0.5))  # an unknown accuracy does not pass a floor
+    assert "fast-big" in table(es)
+
+
+def test_pareto_front_drops_dominated():
+    es = [_est("a", 1.0, 900), _est("b", 2.0, 500), _est("c", 3.0, 100), _est("d", 2.5, 600),
+          _est("e", 1.0, 950)]
+    assert [e.name for e in pareto_front(es)] == ["a", "b", "c"]
+    with_security = [_est("a", 1.0, 900, security=0.1), _est("d", 2.5, 600, security=0.9),
+                     _est("b", 2.0, 500, security=0.5)]
+    # d is slower and bigger than b, but more secure: on the front once security counts
+    assert {e.name for e in pareto_front(with_security)} == {"a", "b", "d"}
