@@ -16,7 +16,6 @@ from, and carries no date: the same input gives the same bytes.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -282,8 +281,12 @@ def measure_stack(out_dir: Path, compiler: str | None = None) -> tuple[int | Non
             raise CompileError(f"the generated CPM C does not compile with {compiler}:\n{run.stderr[-2000:]}")
         frames = {}
         for line in obj.with_suffix(".su").read_text().splitlines():
-            where, size, _kind = line.rsplit("\t", 2)
-            frames[where.rsplit(":", 1)[-1]] = int(size)
+            where, size, kind = line.rsplit("\t", 2)
+            function = where.rsplit(":", 1)[-1]
+            if "dynamic" in kind and "bounded" not in kind:
+                raise CompileError(f"{function} in the generated CPM C allocates stack at run time; "
+                                   "the CPM must have a fixed, small stack.")
+            frames[function] = int(size)
     entry = frames.pop("mirrornet_cpm_run", 0)
     return entry + max(frames.values(), default=0), f"{compiler} {' '.join(STACK_FLAGS)}"
 
@@ -304,7 +307,8 @@ def generate_cpm_c(mod: tvm.IRModule, func_name: str = "cpm", out_dir: Path | No
     out_dir = Path(out_dir)
     if "\n" in source_desc or "*/" in source_desc:
         raise UsageError("source_desc must be one line without '*/' (it goes into a C comment).")
-    with tqdm(total=4, desc="CPM C", unit="step", file=sys.stderr, disable=None) as bar:
+    steps = 5 if measure_stack_usage else 4
+    with tqdm(total=steps, desc="CPM C", unit="step", file=sys.stderr, disable=None) as bar:
         bar.set_postfix_str("lower + schedule")
         lowered = lower_cpm(mod, func_name, target=target, database=database,
                             default_schedules=default_schedules)
@@ -316,20 +320,30 @@ def generate_cpm_c(mod: tvm.IRModule, func_name: str = "cpm", out_dir: Path | No
         bar.set_postfix_str("arena plan")
         plan = plan_arena(_lifetimes(program, kernels))
         bar.update()
-        bar.set_postfix_str("write")
+        bar.set_postfix_str("emit")
         report = schedule_report(lowered)
         schedules = tuple((name, report.get(name, "naive")) for name in
                           dict.fromkeys(call.kernel for call in program.calls))
         weight_bytes = sum(v.nbytes for v in program.values if v.kind == "weight")
         source = _source_text(program, kernels, plan, schedules, source_desc)
         sha = hashlib.sha256(source.encode()).hexdigest()
-        header = _header_text(program, plan, weight_bytes, sha, source_desc)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / MATH_NAME, _math_text(source_desc))
-        atomic_write(out_dir / HEADER_NAME, header)
-        atomic_write(out_dir / SOURCE_NAME, source)
+        files = {
+            MATH_NAME: _math_text(source_desc),
+            HEADER_NAME: _header_text(program, plan, weight_bytes, sha, source_desc),
+            SOURCE_NAME: source,
+        }
         bar.update()
-    stack, how = measure_stack(out_dir, stack_compiler) if measure_stack_usage else (None, None)
+        stack, how = None, None
+        if measure_stack_usage:  # before anything is written: a C file that does not compile stays out
+            bar.set_postfix_str("stack usage")
+            with tempfile.TemporaryDirectory(prefix="mirrornet-cpm-") as tmp:
+                for name, text in files.items():
+                    (Path(tmp) / name).write_text(text)
+                stack, how = measure_stack(Path(tmp), stack_compiler)
+            bar.update()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            atomic_write(out_dir / name, text)
     taps = [v for v in program.values if v.kind == "tap"]
     return CpmCode(
         out_dir=out_dir,

@@ -90,8 +90,19 @@ def build(cpm_dir: Path, toolchain: Toolchain, exe: Path) -> Path:
     return exe
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per inference over 7 timed batches: the median batch's mean and the fastest's."""
+
+    median: float
+    best: float
+
+
 def run(exe: Path, taps, num_classes: int, toolchain: Toolchain, iterations: int | None = None):
-    """Run the program on ``taps`` (arrays, strategy order); returns (logits, ns per inference)."""
+    """Run the program on ``taps`` (arrays, strategy order); returns (logits, Timing or None).
+
+    With ``iterations``, the program also times 7 batches of that many inferences.
+    """
     with tempfile.TemporaryDirectory(prefix="mirrornet-cpm-run-") as tmp:
         taps_file, out_file = Path(tmp) / "taps.bin", Path(tmp) / "logits.bin"
         np.concatenate([np.asarray(t, dtype=np.float32).reshape(-1) for t in taps]).tofile(taps_file)
@@ -104,8 +115,11 @@ def run(exe: Path, taps, num_classes: int, toolchain: Toolchain, iterations: int
         logits = np.fromfile(out_file, dtype=np.float32)
     if logits.size != num_classes:
         raise CompileError(f"the CPM program wrote {logits.size} floats, expected {num_classes}.")
-    ns = None
+    timing = None
     for line in done.stdout.splitlines():
         if line.startswith("ns_per_inference "):
-            ns = float(line.split()[1])
-    return logits, ns
+            median, best = (float(x) * 1e-9 for x in line.split()[1:3])
+            timing = Timing(median, best)
+    if iterations and timing is None:
+        raise CompileError(f"{' '.join(cmd)} printed no timing.")
+    return logits, timing

@@ -5,17 +5,18 @@ innermost, over the 3x3 taps of one input channel, re-reading the same weights f
 leaving nothing for a C compiler to vectorize. This rule gives each reduction a register-blocked
 order with one output row innermost::
 
-    for co, y:                               for co, y:
-      for x:                                   acc[0:W] = 0                  (registers)
-        for ci, ky, kx:              ->        for ci, ky, kx:
-          out[co,y,x] += in*w                    acc[0:W] += in[ci, y+ky, kx:kx+W] * w[co,ci,ky,kx]
-                                               plane[y, 0:W] = acc[0:W]
-                                             out[co] = epilogue(plane)
+    for co, y:                               for co in blocks of C, y:
+      for x:                                   acc[0:C, 0:W] = 0               (registers)
+        for ci, ky, kx:              ->        for ky, kx, ci:
+          out[co,y,x] += in*w                    acc[c, 0:W] += in[ci, y+ky, kx:kx+W] * w[co+c,ci,ky,kx]
+                                               plane[0:C, y, 0:W] = acc
+                                             out[co:co+C] = epilogue(plane)
 
-The row accumulator is a small ``local`` buffer (a C array that the compiler keeps in vector
+The accumulator tile (C output channels x one row, C chosen so that the tile has at most
+``MAX_TILE`` floats) is a small ``local`` buffer (a C array that the compiler keeps in vector
 registers), the row loops are unrolled into straight-line code that gcc and LLVM alike turn into
-SIMD (the reduction loops are fused into one, so no tiny loop sits between the rows and the
-vectorizer), each weight is loaded once per row, and the elementwise epilogue (bias, ReLU, residual add)
+SIMD (the input-channel loop is the innermost reduction loop, so no tiny 3-tap loop sits between
+the rows and the vectorizer), each weight is loaded once per row, and the elementwise epilogue (bias, ReLU, residual add)
 follows plane by plane while the plane is in cache, so the reduction's full-size intermediate never
 exists.
 Rows wider than ``MAX_ROW`` are tiled by a divisor of their width. A reduction whose inputs are
@@ -89,14 +90,14 @@ def _largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 
 
-def _unroll_below(sch, block_rv, loop_rv, skip=None) -> None:
-    """Unroll every loop of ``block_rv`` nested inside ``loop_rv`` (except ``skip``)."""
+def _unroll_below(sch, block_rv, loop_rv, skip=()) -> None:
+    """Unroll every loop of ``block_rv`` nested inside ``loop_rv`` (except the loops in ``skip``)."""
     anchor = sch.get(loop_rv).loop_var
-    skip_var = sch.get(skip).loop_var if skip is not None else None
+    skip_vars = [sch.get(loop).loop_var for loop in skip]
     below = False
     for loop in sch.get_loops(block_rv):
         var = sch.get(loop).loop_var
-        if below and not var.same_as(skip_var) and int(sch.get(loop).extent) <= MAX_TILE:
+        if below and not any(var.same_as(v) for v in skip_vars) and int(sch.get(loop).extent) <= MAX_TILE:
             sch.unroll(loop)
         below = below or var.same_as(anchor)
 
@@ -128,10 +129,18 @@ def _schedule_reduction(sch, block_rv) -> None:
     if tile is None:
         sch.decompose_reduction(block_rv, loops[bound[reductions[0]]])
         return
-    # one reduction loop: a tiny innermost loop (kx of extent 3) gets fully unrolled by gcc, which
-    # then cannot vectorize the tile (its basic-block SLP needs the tile's statements in one body)
-    red = [loops[bound[i]] for i in reductions]
-    r_loop = sch.fuse(*red) if len(red) > 1 else red[0]
+    # innermost reduction loop: the longest one (input channels rather than the 3x3 window). gcc
+    # fully unrolls a tiny innermost loop (kx of extent 3) into overlapping rows that its SLP
+    # vectorizer cannot pack; if every reduction loop is tiny, they are fused into one.
+    longest = max(reductions, key=extent)
+    if len(reductions) > 1 and extent(longest) >= MIN_ROW:
+        reductions = [i for i in reductions if i != longest] + [longest]
+        r_loops = [loops[bound[i]] for i in reductions]
+    elif len(reductions) > 1:
+        r_loops = [sch.fuse(*[loops[bound[i]] for i in reductions])]
+    else:
+        r_loops = [loops[bound[reductions[0]]]]
+    r_loop = r_loops[0]
     row_loop = loops[bound[row]]
     outer = [loops[bound[i]] for i in spatial[:-1]]
     tail = []
@@ -152,14 +161,14 @@ def _schedule_reduction(sch, block_rv) -> None:
             plane = c_outer
         else:
             plane = c_loop
-    sch.reorder(*outer, *tail, r_loop, *inner)
+    sch.reorder(*outer, *tail, *r_loops, *inner)
     tile_root = (tail or outer)[-1]
     # register tile: accumulate channels x row in a local buffer inside tile_root
     writeback = sch.cache_write(block_rv, 0, "local")
     sch.reverse_compute_at(writeback, tile_root, preserve_unit_loops=True)
     init = sch.decompose_reduction(block_rv, r_loop)
     _unroll_below(sch, init, tile_root)
-    _unroll_below(sch, block_rv, tile_root, skip=r_loop)
+    _unroll_below(sch, block_rv, tile_root, skip=r_loops)
     _unroll_below(sch, writeback, tile_root)
     # the elementwise epilogue runs per block of planes, in its own loop after the tiles: gcc's SLP
     # vectorizer gives up on a tile whose basic block also holds the epilogue's float compares
