@@ -145,3 +145,47 @@ def test_bad_configs():
         JointConfig(tail="scramble")
     with pytest.raises(UsageError, match="lam"):
         JointConfig(lam=-1)
+
+
+def test_frozen_backbone_trains_only_the_cpm(trained_lenet, small):
+    x, y = small
+    net = _net(trained_lenet, Strategy(("b1_maxpool", "b3_maxpool"), 0.25, "concat"))
+    tail = set(tail_modules(net))
+    shared = {k: v.clone() for k, v in net.backbone.state_dict().items() if k.split(".")[1] not in tail}
+    assert len(shared) >= 4
+    ce0, _ = _fixed_batch_losses(net, x, y)
+    res = train_joint(net, x, y, JointConfig(epochs=3, batch_size=64, lr_backbone=0, tail="reinit"),
+                      progress=False)
+    ce1, _ = _fixed_batch_losses(net, x, y)
+    assert ce1 < ce0 - 0.1
+    for k, v in net.backbone.state_dict().items():
+        if k in shared:
+            assert torch.equal(v, shared[k]), k
+    assert all(e.backbone_accuracy is None and e.degradation_kl is None for e in res.epochs)
+    # the fast path (backbone run only to the last tap) computes the same taps as the full forward
+    with torch.no_grad():
+        xb = torch.from_numpy(x[:4])
+        _, _, taps = net(xb)
+        assert all(torch.equal(a, b) for a, b in zip(taps.values(), net.tap_forward(xb)))
+    with pytest.raises(UsageError, match="lr_backbone must be positive"):
+        train_joint(_net(trained_lenet, Strategy(("b1_maxpool",), 0.25, degradation="adversarial")), x, y,
+                    JointConfig(epochs=1, lr_backbone=0), progress=False)
+    with pytest.raises(UsageError, match="tail 'reinit'"):
+        train_joint(_net(trained_lenet, Strategy(("b1_maxpool",), 0.25)), x, y,
+                    JointConfig(epochs=1, lr_backbone=0, tail="train"), progress=False)
+
+
+def test_distillation_uses_the_teacher(trained_lenet, small):
+    from mirrornet_tvm.graph import GraphNet
+
+    x, y = small
+    with pytest.raises(UsageError, match="teacher"):
+        train_joint(_net(trained_lenet, Strategy(("b1_maxpool",), 0.25)), x, y, JointConfig(epochs=1, distill=1.0),
+                    progress=False)
+    a = _net(trained_lenet, Strategy(("b1_maxpool",), 0.25))
+    b = _net(trained_lenet, Strategy(("b1_maxpool",), 0.25))
+    cfg = JointConfig(epochs=1, batch_size=64, lr_backbone=0, distill=1.0)
+    ra = train_joint(a, x, y, cfg, teacher=GraphNet.from_onnx(trained_lenet), progress=False)
+    rb = train_joint(b, x, y, JointConfig(epochs=1, batch_size=64, lr_backbone=0), progress=False)
+    assert ra.epochs[0].loss > rb.epochs[0].loss     # the distillation term is in the loss
+    assert ra.epochs[0].rectified_ce != rb.epochs[0].rectified_ce

@@ -589,8 +589,20 @@ class MirrorNet(torch.nn.Module):
         rect = self.cpm(taps, bl if self.strategy.output == "correction" else None)
         return rect, bl, dict(zip(self.strategy.taps, taps))
 
-    def backbone_parameters(self):
-        return self.backbone.parameters()
+    def tap_forward(self, x) -> list:
+        """The tapped maps alone, computing the backbone only as far as its last tap."""
+        net = self.__dict__.get("_to_last_tap")
+        if net is None:
+            last = self.plan.tap_tensors[-1]
+            nodes = self.backbone.nodes[:self.backbone.node_index(last) + 1]
+            layers = {n.module: self.backbone.layers[n.module] for n in nodes if n.module is not None}
+            net = GraphNet(nodes, layers, self.backbone.input_name, last, self.backbone.input_shape)
+            object.__setattr__(self, "_to_last_tap", net)   # shares the modules; not a submodule
+        earlier = self.plan.tap_tensors[:-1]
+        if not earlier:
+            return [net(x)]
+        out, tensors = net(x, return_tensors=earlier)
+        return [tensors[t] for t in earlier] + [out]
 
     def export_backbone(self, path=None) -> onnx.ModelProto:
         """The backbone alone (input -> backbone_logits), as a thief copies it off the device."""

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from .errors import ArtifactError, MirrorNetError, StrategyError, UsageError
 from .mirror import MirrorNet
-from .training_base import _as_tensor, _check_xy
+from .training_base import _as_tensor, _check_xy, predict
 from .util import atomic_path
 
 TAILS = ("train", "reinit")
@@ -67,11 +67,11 @@ class JointConfig:
             raise UsageError(f"epochs must be at least 1, got {self.epochs}")
         if int(self.batch_size) < 1:
             raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
-        for name in ("lr_cpm", "lr_backbone", "lr_attacker", "temperature"):
+        for name in ("lr_cpm", "lr_attacker", "temperature"):
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise UsageError(f"{name} must be a positive number, got {v}")
-        for name in ("lam", "adv", "distill", "weight_decay"):
+        for name in ("lr_backbone", "lam", "adv", "distill", "weight_decay"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise UsageError(f"{name} must be a non-negative number, got {v}")
@@ -89,11 +89,11 @@ class EpochRecord:
     epoch: int
     loss: float
     rectified_ce: float
-    degradation_kl: float        # KL(uniform || backbone prediction): 0 when the backbone is useless
+    degradation_kl: float | None  # KL(uniform || backbone prediction): 0 when the backbone is useless
     attacker_kl: float | None    # same for the simulated attacker's prediction (adversarial only)
     attacker_accuracy: float | None
     authorized_accuracy: float
-    backbone_accuracy: float
+    backbone_accuracy: float | None  # None when the backbone is frozen (not run past the taps)
     seconds: float
 
 
@@ -233,9 +233,19 @@ def train_joint(net: MirrorNet, x, y, config: JointConfig = JointConfig(), *, te
     xt, yt = _as_tensor(x, torch.float32), _as_tensor(y, torch.int64)
     strategy = net.strategy
     adversarial = strategy.degradation == "adversarial"
+    frozen = cfg.lr_backbone == 0
+    if frozen and adversarial:
+        raise UsageError("the adversarial degradation trains the backbone against the tap attacker: "
+                         "lr_backbone must be positive")
+    if frozen and cfg.tail != "reinit":
+        raise UsageError("with lr_backbone 0 and tail 'train' nothing degrades the backbone (illegal use would "
+                         "equal the original accuracy): use tail 'reinit' or a positive lr_backbone")
     torch.manual_seed(cfg.seed)
     if cfg.tail == "reinit":
         reinit_tail(net, cfg.seed)
+    if frozen:
+        for p in net.backbone.parameters():
+            p.requires_grad_(False)
     tap_shapes = {name: net.backbone.tensor_shapes[t] for name, t in zip(strategy.taps, net.plan.tap_tensors)}
     attacker = TapAttacker(tap_shapes, net.plan.num_classes) if adversarial else None
     opt = torch.optim.Adam(_param_groups(net, cfg), weight_decay=cfg.weight_decay)
@@ -243,10 +253,9 @@ def train_joint(net: MirrorNet, x, y, config: JointConfig = JointConfig(), *, te
     steps_per_epoch = math.ceil(len(xt) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    if teacher is not None:
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+    teacher_logits = None
+    if cfg.distill > 0:
+        teacher_logits = torch.from_numpy(predict(teacher, xt, batch_size=512))
 
     history: list[EpochRecord] = []
     start_epoch = 0
@@ -279,18 +288,27 @@ def train_joint(net: MirrorNet, x, y, config: JointConfig = JointConfig(), *, te
         for step in bar:
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             xb, yb = xt[idx], yt[idx]
-            rect, bl, taps = net(xb)
-            ce = F.cross_entropy(rect, yb)
-            deg = uniform_kl(bl)
-            loss = ce + cfg.lam * deg
+            if frozen:
+                # nothing in the backbone trains (its tail is random and frozen, its output unused by
+                # the CPM): run it without gradients and only as far as the last tap
+                with torch.no_grad():
+                    tap_list = net.tap_forward(xb)
+                rect = net.cpm(tap_list)
+                taps = dict(zip(strategy.taps, tap_list))
+                ce = F.cross_entropy(rect, yb)
+                deg = None
+                loss = ce
+            else:
+                rect, bl, taps = net(xb)
+                ce = F.cross_entropy(rect, yb)
+                deg = uniform_kl(bl)
+                loss = ce + cfg.lam * deg
             akl = None
             if attacker is not None:
                 akl = torch.stack([uniform_kl(a) for a in attacker(taps)]).mean()
                 loss = loss + cfg.adv * akl
-            if cfg.distill > 0:
-                with torch.no_grad():
-                    tl = teacher(xb)
-                loss = loss + cfg.distill * distillation(rect, tl, cfg.temperature)
+            if teacher_logits is not None:
+                loss = loss + cfg.distill * distillation(rect, teacher_logits[idx], cfg.temperature)
             if not torch.isfinite(loss):
                 raise MirrorNetError(f"joint training diverged (loss {loss.item()}) at epoch {epoch}, step "
                                      f"{step + 1}; lower the learning rates")
@@ -309,19 +327,23 @@ def train_joint(net: MirrorNet, x, y, config: JointConfig = JointConfig(), *, te
                                      .argmax(1) == yb).sum())
             sums["loss"] += loss.item() * n
             sums["ce"] += ce.item() * n
-            sums["deg"] += deg.item() * n
+            if deg is not None:
+                sums["deg"] += deg.item() * n
+                sums["bacc"] += int((bl.detach().argmax(1) == yb).sum())
             sums["acc"] += int((rect.detach().argmax(1) == yb).sum())
-            sums["bacc"] += int((bl.detach().argmax(1) == yb).sum())
             sums["n"] += n
             if step % 20 == 0:
                 m = sums["n"]
-                bar.set_postfix(ce=f"{sums['ce'] / m:.3f}", auth=f"{sums['acc'] / m:.3f}",
-                                backbone=f"{sums['bacc'] / m:.3f}")
+                post = {"ce": f"{sums['ce'] / m:.3f}", "auth": f"{sums['acc'] / m:.3f}"}
+                if not frozen:
+                    post["backbone"] = f"{sums['bacc'] / m:.3f}"
+                bar.set_postfix(post)
         bar.close()
         m = sums["n"]
-        rec = EpochRecord(epoch, sums["loss"] / m, sums["ce"] / m, sums["deg"] / m,
+        rec = EpochRecord(epoch, sums["loss"] / m, sums["ce"] / m, None if frozen else sums["deg"] / m,
                           sums["akl"] / m if attacker else None, sums["aacc"] / m if attacker else None,
-                          sums["acc"] / m, sums["bacc"] / m, round(time.perf_counter() - t_epoch, 2))
+                          sums["acc"] / m, None if frozen else sums["bacc"] / m,
+                          round(time.perf_counter() - t_epoch, 2))
         history.append(rec)
         if checkpoint is not None:
             state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "config": cfg.to_dict(),
@@ -334,7 +356,9 @@ def train_joint(net: MirrorNet, x, y, config: JointConfig = JointConfig(), *, te
             _save_checkpoint(checkpoint, state)
         if progress:
             line = (f"joint epoch {epoch}/{cfg.epochs}: rectified CE {rec.rectified_ce:.4f}, authorized "
-                    f"{rec.authorized_accuracy:.2%}, backbone alone {rec.backbone_accuracy:.2%}")
+                    f"{rec.authorized_accuracy:.2%}")
+            if rec.backbone_accuracy is not None:
+                line += f", backbone alone {rec.backbone_accuracy:.2%}"
             if attacker is not None:
                 line += f", tap attacker {rec.attacker_accuracy:.2%}"
             tqdm.write(f"{line} (train set, {rec.seconds:.1f} s)", file=sys.stderr)
