@@ -8,7 +8,9 @@ from tvm import relax
 
 from ..errors import ModelError
 from .mirrornet_partition import OUTPUT_NAMES_ATTR, STRATEGY_ATTR, partition_spec
-from .ffi_errors import register_errors  # noqa: F401  (our exceptions keep their type across the FFI)
+from .ffi_errors import register_errors
+
+register_errors()  # our exceptions keep their type when they cross TVM's FFI
 
 
 @tvm.transform.module_pass(opt_level=0, name="AttachMirrorNetMetadata")
@@ -19,7 +21,10 @@ class AttachMirrorNetMetadata:
         self.output_names = [str(n) for n in output_names]
         if strategy is not None and not isinstance(strategy, str):
             partition_spec(strategy)  # validates before anything is attached
-            strategy = json.dumps(dict(strategy) if hasattr(strategy, "keys") else vars(strategy))
+            if hasattr(strategy, "to_dict"):
+                strategy = strategy.to_dict()
+            strategy = json.dumps(dict(strategy) if hasattr(strategy, "keys") else vars(strategy),
+                                  default=list)
         self.strategy = strategy
         self.func_name = func_name
 

@@ -3,7 +3,7 @@
 A pass written in Python runs behind TVM's C++ pass manager; an exception it raises comes back to the
 caller rebuilt from its registered name, or as a plain ``RuntimeError`` when the name is unknown.
 Registering every ``MirrorNetError`` subclass keeps ``except StrategyError`` working around
-``Sequential`` and ``get_pipeline``. Importing this module registers them.
+``Sequential`` and ``get_pipeline``. Each pass module calls ``register_errors()`` when it loads.
 """
 from __future__ import annotations
 
@@ -24,5 +24,3 @@ def register_errors() -> None:
         if tvm_ffi.core.ERROR_NAME_TO_TYPE.get(name) is not cls:
             tvm_ffi.register_error(name, cls)
 
-
-register_errors()

@@ -10,7 +10,9 @@ import tvm
 
 from ..errors import CompileError
 from .extract_functions import ExtractFunctions
-from .ffi_errors import register_errors  # noqa: F401  (our exceptions keep their type across the FFI)
+from .ffi_errors import register_errors
+
+register_errors()  # our exceptions keep their type when they cross TVM's FFI
 
 
 @tvm.transform.module_pass(opt_level=0, name="LowerFunction")

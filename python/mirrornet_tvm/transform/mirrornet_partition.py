@@ -21,7 +21,9 @@ import tvm
 from tvm import relax
 
 from ..errors import ModelError, StrategyError
-from .ffi_errors import register_errors  # noqa: F401  (our exceptions keep their type across the FFI)
+from .ffi_errors import register_errors
+
+register_errors()  # our exceptions keep their type when they cross TVM's FFI
 
 OUTPUT_NAMES_ATTR = "mirrornet.output_names"
 STRATEGY_ATTR = "mirrornet.strategy"
