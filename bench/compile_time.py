@@ -105,7 +105,8 @@ def main(argv=None) -> int:
                       f"{wall:.2f}", f"{cpu:.2f}", f"{wall / TARGET_SECONDS:.2f}", tuning))
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     for j, r in enumerate(table):
-        print("  ".join(c.rjust(w) if 0 < i < len(r) - 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        cells = zip(r, widths)
+        print("  ".join(c.rjust(w) if 0 < i < len(r) - 1 else c.ljust(w) for i, (c, w) in enumerate(cells)))
         if j == 0:
             print("  ".join("-" * w for w in widths))
     worst = max(r[6] for r in rows)

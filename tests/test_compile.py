@@ -28,7 +28,8 @@ def run_cli(args, capsys):
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    return make_artifact(tmp_path_factory.mktemp("art") / "artifact", strategy=strategy_dict("concat", "correction"))
+    folder = tmp_path_factory.mktemp("art") / "artifact"
+    return make_artifact(folder, strategy=strategy_dict("concat", "correction"))
 
 
 def test_compile_cli_end_to_end(artifact, tmp_path, capsys):

@@ -194,8 +194,8 @@ def test_registered_under_tvm_relax_transform_on_import():
     # mirrornet_tvm imported before TVM, after it, and a pass module importing TVM itself first
     for prelude in ("import mirrornet_tvm\n", "import tvm\nimport mirrornet_tvm\n",
                     "import mirrornet_tvm.build\n"):
-        done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", prelude + code], capture_output=True,
-                              text=True, timeout=300)
+        cmd = [sys.executable, "-W", "error::UserWarning", "-c", prelude + code]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "ok"
     # and importing mirrornet_tvm alone does not import TVM (the CLI stays fast)

@@ -148,7 +148,8 @@ def open_database(database) -> ms.database.Database | None:
     try:
         return ms.database.JSONDatabase(work_dir=str(path), allow_missing=True)
     except Exception as err:
-        raise CompileError(f"cannot read the tuning database in {path} ({err}); move it away and tune again") from None
+        raise CompileError(f"cannot read the tuning database in {path} ({err}); "
+                           "move it away and tune again") from None
 
 
 def lower_backbone(mod: tvm.IRModule) -> tvm.IRModule:

@@ -20,7 +20,10 @@ import click
 @click.option("--dump-ir", is_flag=True, help="Also write the module after each pipeline phase to BUILD_DIR/ir/.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of a summary.")
 def compile_(artifact, build_dir, target, tune_trials, database, dump_ir, as_json):
-    """Partition ARTIFACT_DIR (from `mirrornet protect`) and write BUILD_DIR: backbone.so, cpm/*.c|h, manifest.json."""
+    """Partition ARTIFACT_DIR (from `mirrornet protect`) and write BUILD_DIR.
+
+    BUILD_DIR gets backbone.so (Relax VM library), cpm/ (the CPM as C), manifest.json and strategy.json.
+    """
     import json
 
     from ..compile import compile_artifact
