@@ -193,8 +193,8 @@ def test_slice_init_starts_from_the_backbone(graphs):
     with torch.no_grad():
         _, tensors = g(x, return_tensors=[net.plan.tap_tensors[0]])
         tap = tensors[net.plan.tap_tensors[0]]
-        first = net.cpm._apply(net.plan.ops[0], [tap])
-        second = net.cpm._apply(net.plan.ops[1], [first])
+        first = net.cpm._run_op(net.plan.ops[0], [tap])
+        second = net.cpm._run_op(net.plan.ops[1], [first])
     assert torch.equal(first, tap[:, :12])
     # the next convolution is the backbone's own, restricted to the kept channels
     src = g.module_of(next(n for n in g.nodes if n.name == net.plan.ops[1].source))
@@ -242,3 +242,10 @@ def test_auto_select_prefers_shallow_taps_within_the_flop_share(graphs):
     assert min(order.index(c.strategy.taps[0]) for c in cheaper) == order.index(pick.strategy.taps[0])
     with pytest.raises(StrategyError, match="FLOPs"):
         auto_select(costs, max_flop_share=1e-6)
+
+
+def test_cpm_converts_like_any_module(graphs):
+    net = _net(graphs["vgg"], Strategy(("b5_maxpool",), 0.25))
+    cpm = net.cpm.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in cpm.parameters())
+    cpm.to(torch.float32)

@@ -454,13 +454,13 @@ class CPM(torch.nn.Module):
                                 f"got {len(args)}")
         env = dict(zip(self.input_names, args))
         for i, op in enumerate(self.plan.ops):
-            env[op.output] = self._apply(op, [env[t] for t in op.inputs])
+            env[op.output] = self._run_op(op, [env[t] for t in op.inputs])
             for t in op.inputs:
                 if self._last_use.get(t) == i:
                     env.pop(t, None)
         return env[self.plan.output]
 
-    def _apply(self, op: CpmOp, args):
+    def _run_op(self, op: CpmOp, args):
         x, a = args[0], op.attrs
         if op.op == "Conv":
             if a.get("_fpad") is not None:
