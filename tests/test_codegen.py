@@ -416,3 +416,26 @@ def test_errors_say_what_is_wrong(tmp_path, two_taps):
     with pytest.raises(CompileError, match="int32.*float32"):
         generate_cpm_c(bb.get(), "cpm", out_dir=tmp_path)
     assert not (tmp_path / "mirrornet_cpm.c").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("body", ["identity", "relu"])
+def test_degenerate_cpms_still_run(tmp_path, body):
+    """A CPM that returns a tap unchanged (copied out) or needs no intermediate (no arena)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 10), "float32"))
+    with bb.function("cpm", [x]):
+        bb.emit_func_output(x if body == "identity" else bb.emit(relax.op.nn.relu(x)))
+    code = generate_cpm_c(bb.get(), "cpm", out_dir=tmp_path, measure_stack_usage=False)
+    assert code.arena_bytes == 0 and code.num_kernels == (0 if body == "identity" else 1)
+    tap = np.linspace(-1, 1, 10).astype(np.float32)
+    toolchain = harness.native("-O2")
+    logits, _ = harness.run(harness.build(tmp_path, toolchain, tmp_path / "exe"), [tap], 10, toolchain)
+    np.testing.assert_array_equal(logits, tap if body == "identity" else np.maximum(tap, 0))
+
+
+def test_large_local_arrays_fail_the_build():
+    from mirrornet_tvm.codegen.c_kernels import STACK_ARRAY_LIMIT, _stack_arrays
+
+    assert _stack_arrays("k", ["  float acc[16];", "  float x = 1.0f;"]) == 64
+    with pytest.raises(CompileError, match=f"{4 * 4096} bytes of local arrays.*limit {STACK_ARRAY_LIMIT}"):
+        _stack_arrays("k", ["  float pad_temp[4096];"])

@@ -123,9 +123,9 @@ def _shape_text(shape) -> str:
 def _entry_point(program: CpmProgram, kernels: dict[str, KernelSource], plan: ArenaPlan) -> str:
     taps = [v for v in program.values if v.kind == "tap"]
 
-    def pointer(name: str) -> str:
+    def pointer(name: str, result_is_logits: bool = True) -> str:
         value = program.value(name)
-        if name == program.result:
+        if name == program.result and result_is_logits:
             return "logits"
         if value.kind == "tap":
             return f"taps[{value.index}]"
@@ -153,7 +153,8 @@ def _entry_point(program: CpmProgram, kernels: dict[str, KernelSource], plan: Ar
     if not any(program.result in call.outputs for call in program.calls):
         result = program.value(program.result)
         lines.append(f"    /* the result is {result.kind} {result.name}: copy it out */")
-        lines.append(f"    for (int i = 0; i < {result.floats}; ++i) logits[i] = {pointer(result.name)}[i];")
+        source = pointer(result.name, result_is_logits=False)
+        lines.append(f"    for (int i = 0; i < {result.floats}; ++i) logits[i] = {source}[i];")
     lines += ["    return 0;", "}"]
     return "\n".join(lines) + "\n"
 
