@@ -44,4 +44,4 @@ def package_ta(build_dir, policy, encrypt, shm_limit, sim_only, devkit, sign_key
                    f"secure memory ~{fp['total'] / 1024:.0f} KiB of a {fp['budget'] / 1024:.0f} KiB budget "
                    f"(Raspberry Pi 3: {fp['rpi3_ta_ram'] / 2**20:.0f} MiB for all TAs)")
         if res.encrypted:
-            click.echo("  note: the dev kit's default keys are public; see `mirrornet package-ta --help`")
+            click.echo("  note: the dev kit's default keys are public: what they protect is in ta/README.md")
