@@ -24,7 +24,7 @@ from mirrornet_tvm.tee.sources import repo_root
 
 ROOT = repo_root()
 UUID = load_abi().uuid
-N_IMAGES = 1000
+N_IMAGES = 500
 
 
 def _mirrornet(*args, cwd=None):
@@ -43,9 +43,9 @@ def _step(*args):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     d = tmp_path_factory.mktemp("tee-pipeline")
-    _step("train-base", "--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "1", "--subset", "600",
+    _step("train-base", "--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "1", "--subset", "300",
           "-q", "-o", d / "lenet.onnx")
-    _step("protect", d / "lenet.onnx", "--dataset", "fashion-mnist", "--auto", "--epochs", "1", "--subset", "600",
+    _step("protect", d / "lenet.onnx", "--dataset", "fashion-mnist", "--auto", "--epochs", "1", "--subset", "300",
           "-q", "-o", d / "artifact")
     _step("compile", d / "artifact", "-o", d / "build")
     try:
@@ -97,6 +97,36 @@ def test_protected_inference_outputs_match_onnxruntime(pipeline):
     assert run.policy == "logits"
     np.testing.assert_allclose(run.outputs, ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(run.predictions, ref.argmax(1))
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("qemu-system-aarch64") is None, reason="qemu-system-aarch64 is not installed")
+def test_run_in_optee_under_qemu_agrees_with_the_simulator(pipeline):
+    d = pipeline
+    if not json.loads((d / "build" / "manifest.json").read_text())["ta"]["signed_ta"]:
+        pytest.skip("no signed TA (no OP-TEE dev kit on this machine)")
+    n = 20
+    proc = _mirrornet("run", d / "build", "--dataset", "fashion-mnist", "--tee", "qemu", "--limit", n, "-q",
+                      "--json", d / "qemu.json")
+    if proc.returncode != 0 and "not assembled" in proc.stderr:
+        pytest.skip(f"OP-TEE QEMU environment missing: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    assert "TEE qemu" in proc.stdout and "not reported" in proc.stdout
+    _step("run", d / "build", "--dataset", "fashion-mnist", "--limit", n, "-q", "--json", d / "sim.json")
+    qemu_res, sim_res = (json.loads((d / f).read_text()) for f in ("qemu.json", "sim.json"))
+    assert qemu_res["correct"] == sim_res["correct"] and qemu_res["images"] == n
+
+
+def test_optee_without_a_libteec_is_a_clear_error(pipeline):
+    import ctypes.util
+
+    from mirrornet_tvm.errors import TeeError
+    from mirrornet_tvm.tee.session import TeeSession
+
+    if ctypes.util.find_library("teec"):
+        pytest.skip("this machine has a libteec")
+    with pytest.raises(TeeError, match="cannot load libteec libteec.so.1.*libteec1"):
+        TeeSession(pipeline / "build", tee="optee")
 
 
 # ---- weight-leak scan -----------------------------------------------------------------------------------
