@@ -117,6 +117,20 @@ def test_run_in_optee_under_qemu_agrees_with_the_simulator(pipeline):
     assert qemu_res["correct"] == sim_res["correct"] and qemu_res["images"] == n
 
 
+def test_run_names_what_is_missing(pipeline, tmp_path):
+    proc = _mirrornet("run", tmp_path / "nothing", "--dataset", "fashion-mnist", "--limit", 2)
+    assert proc.returncode == 1 and "not a build folder" in proc.stderr and "Traceback" not in proc.stderr
+    unpackaged = tmp_path / "build"
+    shutil.copytree(pipeline / "build", unpackaged)
+    manifest = json.loads((unpackaged / "manifest.json").read_text())
+    del manifest["ta"]
+    (unpackaged / "manifest.json").write_text(json.dumps(manifest))
+    proc = _mirrornet("run", unpackaged, "--dataset", "fashion-mnist", "--limit", 2)
+    assert proc.returncode == 1 and "mirrornet package-ta" in proc.stderr
+    proc = _mirrornet("run", pipeline / "build", "--dataset", "cifar-11", "--limit", 2)
+    assert proc.returncode == 1 and "unknown dataset" in proc.stderr
+
+
 def test_optee_without_a_libteec_is_a_clear_error(pipeline):
     import ctypes.util
 

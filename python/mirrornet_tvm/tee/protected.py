@@ -104,12 +104,15 @@ def protected_inference(build_dir, x, y=None, tee: str = "sim", progress: bool =
     if tee not in TEES:
         raise UsageError(f"--tee must be one of {', '.join(TEES)}, not {tee!r}")
     build_dir = Path(build_dir)
+    if not (build_dir / "manifest.json").is_file():
+        raise ArtifactError(f"{build_dir} is not a build folder (no manifest.json): run `mirrornet compile` "
+                            "and `mirrornet package-ta` first")
     x = np.asarray(x, np.float32)
     if x.ndim != 4 or x.shape[0] < 1:
         raise UsageError(f"images must be (N, C, H, W) with N >= 1, got shape {x.shape}")
     if y is not None and len(y) != len(x):
         raise UsageError(f"{len(x)} images but {len(y)} labels")
-    manifest = read_json(build_dir / "manifest.json") if (build_dir / "manifest.json").is_file() else {}
+    manifest = read_json(build_dir / "manifest.json")
     ta = manifest.get("ta")
     if not ta:
         raise ArtifactError(f"{build_dir} has no packaged TA: run `mirrornet package-ta {build_dir}` first")
