@@ -74,11 +74,15 @@ def test_training_lowers_rectified_loss_and_degrades_the_backbone(trained_lenet,
     after = evaluate_mirrornet(net, x, y)
     assert ce1 < ce0 - 0.1                       # the CPM learned
     assert ent0 < 0.8                            # the trained backbone starts confident
-    assert ent1 > max(ent0 + 0.1, 0.9)           # and ends near a uniform prediction
     assert after["illegal"] < before["illegal"]
-    assert res.epochs[-1].degradation_kl < res.epochs[0].degradation_kl or tail == "reinit"
+    if tail == "train":                          # the uniform term drove its own prediction to uniform
+        assert ent1 > max(ent0 + 0.1, 0.9)       # (its argmax can stay right longer: see the figures)
+        assert res.epochs[-1].degradation_kl < res.epochs[0].degradation_kl
+    else:                                        # a random, frozen head: chance by construction
+        assert after["illegal"] < 0.25
     for e in res.epochs:
-        assert math.isfinite(e.loss) and e.degradation_kl >= 0
+        assert math.isfinite(e.loss)
+        assert (e.degradation_kl is not None and e.degradation_kl >= 0) == (tail == "train")
         if degradation == "adversarial":
             assert e.attacker_kl is not None and 0 <= e.attacker_kl < math.log(10) + 10
         else:
@@ -154,8 +158,7 @@ def test_frozen_backbone_trains_only_the_cpm(trained_lenet, small):
     shared = {k: v.clone() for k, v in net.backbone.state_dict().items() if k.split(".")[1] not in tail}
     assert len(shared) >= 4
     ce0, _ = _fixed_batch_losses(net, x, y)
-    res = train_joint(net, x, y, JointConfig(epochs=3, batch_size=64, lr_backbone=0, tail="reinit"),
-                      progress=False)
+    res = train_joint(net, x, y, JointConfig(epochs=3, batch_size=64), progress=False)   # frozen by default
     ce1, _ = _fixed_batch_losses(net, x, y)
     assert ce1 < ce0 - 0.1
     for k, v in net.backbone.state_dict().items():

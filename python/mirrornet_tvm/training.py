@@ -14,9 +14,14 @@ runs stay stable. ``distill`` optionally adds knowledge distillation from the or
 teacher), which helps a narrow CPM reach the original accuracy.
 
 The backbone's layers after the last tap serve no authorised purpose when the CPM completes the network
-(``output == "logits"``). ``tail="reinit"`` re-initialises them randomly and freezes them, so the stolen
-backbone's head holds nothing learned from the task; ``tail="train"`` keeps and trains them (with the
-degradation terms only).
+(``output == "logits"``). ``tail="reinit"`` (the default) re-initialises them randomly and freezes them,
+so the stolen backbone's head holds nothing learned from the task and its own prediction is at chance by
+construction; the uniform term then has nothing to act on and is skipped, and the backbone is run only
+as far as its last tap. ``tail="train"`` keeps the tail and trains it with the uniform term (the
+original MirrorNet recipe, whose damage a thief can fine-tune away). The backbone's layers before the
+last tap are fine-tuned with ``lr_backbone``; by default they stay frozen for ``uniform`` with a
+re-initialised tail (nothing in the loss asks them to change, and training is several times faster) and
+train at 5e-4 otherwise (the adversarial term acts on them).
 
 Deterministic under a seed (single-threaded torch): the sample order of epoch ``e`` comes from a
 generator seeded with ``(seed, e)``. A checkpoint is written atomically after every epoch and
@@ -24,6 +29,7 @@ generator seeded with ``(seed, e)``. A checkpoint is written atomically after ev
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -42,6 +48,7 @@ from .training_base import _as_tensor, _check_xy, predict
 from .util import atomic_path
 
 TAILS = ("train", "reinit")
+DEFAULT_LR_BACKBONE = 5e-4
 CHECKPOINT_FORMAT = 1
 
 
@@ -52,7 +59,7 @@ class JointConfig:
     epochs: int = 4
     batch_size: int = 128
     lr_cpm: float = 2e-3
-    lr_backbone: float = 5e-4
+    lr_backbone: float | None = None   # None: 0 (frozen) for "uniform" with tail "reinit", else 5e-4
     lr_attacker: float = 2e-3
     lam: float = 1.0
     adv: float = 1.0
@@ -73,6 +80,8 @@ class JointConfig:
                 raise UsageError(f"{name} must be a positive number, got {v}")
         for name in ("lr_backbone", "lam", "adv", "distill", "weight_decay"):
             v = getattr(self, name)
+            if v is None and name == "lr_backbone":
+                continue
             if not (v >= 0 and math.isfinite(v)):
                 raise UsageError(f"{name} must be a non-negative number, got {v}")
         if self.tail not in TAILS:
@@ -80,6 +89,12 @@ class JointConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def backbone_lr(self, strategy) -> float:
+        """The backbone's learning rate for ``strategy`` (resolving the default, see ``lr_backbone``)."""
+        if self.lr_backbone is not None:
+            return self.lr_backbone
+        return 0.0 if (strategy.degradation == "uniform" and self.tail == "reinit") else DEFAULT_LR_BACKBONE
 
 
 @dataclass(frozen=True)
@@ -93,7 +108,7 @@ class EpochRecord:
     attacker_kl: float | None    # same for the simulated attacker's prediction (adversarial only)
     attacker_accuracy: float | None
     authorized_accuracy: float
-    backbone_accuracy: float | None  # None when the backbone is frozen (not run past the taps)
+    backbone_accuracy: float | None  # None when the backbone is not run past the taps (tail "reinit")
     seconds: float
 
 
@@ -210,7 +225,7 @@ def _param_groups(net: MirrorNet, cfg: JointConfig):
     bb = [p for p in net.backbone.parameters() if p.requires_grad]
     groups = [{"params": list(net.cpm.parameters()), "lr": cfg.lr_cpm}]
     if bb:
-        groups.append({"params": bb, "lr": cfg.lr_backbone})
+        groups.append({"params": bb, "lr": cfg.backbone_lr(net.strategy)})
     return groups
 
 
@@ -233,7 +248,8 @@ def train_joint(net: MirrorNet, x, y, config: JointConfig = JointConfig(), *, te
     xt, yt = _as_tensor(x, torch.float32), _as_tensor(y, torch.int64)
     strategy = net.strategy
     adversarial = strategy.degradation == "adversarial"
-    frozen = cfg.lr_backbone == 0
+    frozen = cfg.backbone_lr(strategy) == 0
+    full_forward = cfg.tail == "train"     # the backbone's own logits are needed for the uniform term
     if frozen and adversarial:
         raise UsageError("the adversarial degradation trains the backbone against the tap attacker: "
                          "lr_backbone must be positive")
@@ -288,10 +304,10 @@ def train_joint(net: MirrorNet, x, y, config: JointConfig = JointConfig(), *, te
         for step in bar:
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             xb, yb = xt[idx], yt[idx]
-            if frozen:
-                # nothing in the backbone trains (its tail is random and frozen, its output unused by
-                # the CPM): run it without gradients and only as far as the last tap
-                with torch.no_grad():
+            if not full_forward:
+                # the tail is random and frozen and the CPM does not read the backbone's logits: run the
+                # backbone only as far as the last tap (without gradients when nothing in it trains)
+                with torch.no_grad() if frozen else contextlib.nullcontext():
                     tap_list = net.tap_forward(xb)
                 rect = net.cpm(tap_list)
                 taps = dict(zip(strategy.taps, tap_list))
@@ -335,14 +351,14 @@ def train_joint(net: MirrorNet, x, y, config: JointConfig = JointConfig(), *, te
             if step % 20 == 0:
                 m = sums["n"]
                 post = {"ce": f"{sums['ce'] / m:.3f}", "auth": f"{sums['acc'] / m:.3f}"}
-                if not frozen:
+                if full_forward:
                     post["backbone"] = f"{sums['bacc'] / m:.3f}"
                 bar.set_postfix(post)
         bar.close()
         m = sums["n"]
-        rec = EpochRecord(epoch, sums["loss"] / m, sums["ce"] / m, None if frozen else sums["deg"] / m,
+        rec = EpochRecord(epoch, sums["loss"] / m, sums["ce"] / m, sums["deg"] / m if full_forward else None,
                           sums["akl"] / m if attacker else None, sums["aacc"] / m if attacker else None,
-                          sums["acc"] / m, None if frozen else sums["bacc"] / m,
+                          sums["acc"] / m, sums["bacc"] / m if full_forward else None,
                           round(time.perf_counter() - t_epoch, 2))
         history.append(rec)
         if checkpoint is not None:
