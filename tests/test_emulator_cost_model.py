@@ -164,3 +164,16 @@ def test_pareto_front_drops_dominated():
                      _est("b", 2.0, 500, security=0.5)]
     # d is slower and bigger than b, but more secure: on the front once security counts
     assert {e.name for e in pareto_front(with_security)} == {"a", "b", "d"}
+
+
+def test_report_json_and_pareto_plot(tmp_path):
+    from mirrornet_tvm.emulator.report import plot_pareto, write_json_report
+
+    es = [_est("a", 1e-3, 9000), _est("b", 2e-3, 5000), _est("c", 3e-3, 6000)]
+    front = pareto_front(es)
+    write_json_report(tmp_path / "s.json", es, selected=es[0], front=front, budget_bytes=10_000)
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["selected"] == "a" and data["pareto_front"] == ["a", "b"] and len(data["estimates"]) == 3
+    plot_pareto(tmp_path / "front.png", es, front, selected=es[0])
+    assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind

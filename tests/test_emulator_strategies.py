@@ -122,3 +122,35 @@ def test_emulator_refuses_a_model_for_another_target(lenet):
 
     with pytest.raises(TargetMismatchError):
         Emulator(cm, "rpi3")
+
+
+@pytest.mark.slow
+def test_tune_calibrates_on_the_tee_simulator(tmp_path):
+    """`mirrornet tune --calibrate`: strategies built and run in the host TEE simulator fit the stages."""
+    import json
+
+    import onnx
+    from click.testing import CliRunner
+
+    from mirrornet_tvm.cli import cli
+
+    model = tmp_path / "lenet.onnx"
+    onnx.save(frontend.load_model(zoo.build("lenet")).proto, str(model))
+    out = tmp_path / "tuning"
+    result = CliRunner().invoke(cli, ["tune", str(model), "-o", str(out), "--corpus", "8", "--strategies", "2",
+                                      "--calibrate", "3", "--images", "5", "--repeat", "3", "--quiet"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "calibration: fitted on 3 protected runs" in result.output
+    samples = json.loads((out / "calibration_samples.json").read_text())
+    assert len(samples) == 3 and all(s["backbone_measured"] > 0 and s["cpm_measured"] >= 0 for s in samples)
+    emu = Emulator.load(out)
+    assert emu.calibration.samples == 3
+    lenet = frontend.load_model(str(model))
+    by_name = {c.strategy.name: c.strategy
+               for c in generate_strategies(mirror.strip_softmax(lenet.graph()), budget_bytes=None)}
+    # the calibrated prediction of each calibration strategy lands near its measurement
+    for s in samples:
+        total = s["backbone_measured"] + s["cpm_measured"] + s["transfer_measured"]
+        e = emu.estimate(by_name[s["name"]], lenet)
+        assert e.total_s == pytest.approx(total, rel=0.5), (s["name"], e.total_s, total)

@@ -80,27 +80,42 @@ def time_build(build_dir, images: np.ndarray, tee: str = "sim", warmup: int = 3)
             _, cpm = session.run(row)
             t2 = time.perf_counter_ns()
             b_ns[i], c_ns[i], t_ns[i], tot_ns[i] = t1 - t0, cpm, max(t2 - t1 - cpm, 0), t2 - t0
-    return ProtectedTiming(name=Path(build_dir).parent.name, backbone_s=b_ns.min() / 1e9, cpm_s=c_ns.min() / 1e9,
-                           transfer_s=t_ns.min() / 1e9, total_s=tot_ns.min() / 1e9, images=n, tee=tee,
-                           build_dir=str(build_dir))
+    return ProtectedTiming(name=Path(build_dir).parent.name, backbone_s=float(b_ns.min()) / 1e9,
+                           cpm_s=float(c_ns.min()) / 1e9, transfer_s=float(t_ns.min()) / 1e9,
+                           total_s=float(tot_ns.min()) / 1e9, images=n, tee=tee, build_dir=str(build_dir))
 
 
-def measure_strategies(model, strategies, work_dir, images: np.ndarray, target=None,
+def measure_strategies(model, strategies, work_dir, images: np.ndarray, target=None, rounds: int = 3,
                        progress: bool = True, results_file=None) -> list[ProtectedTiming]:
-    """Build and time each strategy (builds are kept in ``work_dir/<name>`` and reused)."""
+    """Build each strategy (builds are kept in ``work_dir/<name>`` and reused), then time them all in
+    ``rounds`` interleaved rounds and keep each stage's minimum: the machine's load drifts over
+    minutes, and interleaving exposes every strategy to the same quiet moments."""
     from tqdm import tqdm
 
-    out = []
     work_dir = Path(work_dir)
-    bar = tqdm(list(strategies), desc="protected runs", unit="strategy", file=sys.stderr, disable=not progress)
-    for item in bar:
-        strategy = getattr(item, "strategy", item)
+    items = [getattr(item, "strategy", item) for item in strategies]
+    builds = []
+    bar = tqdm(items, desc="build strategies", unit="strategy", file=sys.stderr, disable=not progress)
+    for strategy in bar:
         bar.set_postfix_str(strategy.name[:40])
         try:
-            build = build_strategy(model, strategy, work_dir / strategy.name, target=target)
+            builds.append(build_strategy(model, strategy, work_dir / strategy.name, target=target))
         except MirrorNetError as err:
             raise MirrorNetError(f"building strategy {strategy.name} for a latency measurement failed: {err}") from err
-        out.append(time_build(build, images))
-        if results_file is not None:
-            write_json(results_file, [t.to_dict() for t in out])
+    best: list[ProtectedTiming | None] = [None] * len(builds)
+    bar = tqdm(total=rounds * len(builds), desc="protected runs", unit="run", file=sys.stderr,
+               disable=not progress)
+    for _ in range(rounds):
+        for i, build in enumerate(builds):
+            t = time_build(build, images)
+            b = best[i]
+            best[i] = t if b is None else ProtectedTiming(
+                name=t.name, backbone_s=min(b.backbone_s, t.backbone_s), cpm_s=min(b.cpm_s, t.cpm_s),
+                transfer_s=min(b.transfer_s, t.transfer_s), total_s=min(b.total_s, t.total_s),
+                images=b.images + t.images, tee=t.tee, build_dir=t.build_dir)
+            bar.update()
+    bar.close()
+    out = [t for t in best if t is not None]
+    if results_file is not None:
+        write_json(results_file, [t.to_dict() for t in out])
     return out

@@ -215,35 +215,10 @@ def merge_kernels(kernels) -> list[Kernel]:
 
 
 def load_onnx_as_relax(path, input_shape=None) -> tvm.IRModule:
-    """Import an ONNX model into Relax (static shapes, weights as constants)."""
+    """Import an ONNX model into Relax (static shapes, weights as constants) with the project's front end."""
+    from .. import frontend
+
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"ONNX model {path} does not exist")
-    try:
-        from .. import frontend  # the project's validating importer, when present
-
-        return frontend.load_model(str(path), input_shape=input_shape).relax_module
-    except (ImportError, AttributeError):
-        pass
-    import onnx
-    from tvm.relax.frontend.onnx import from_onnx
-
-    try:
-        model = onnx.load(str(path))
-    except Exception as err:
-        raise ModelError(f"{path} is not a readable ONNX model: {err}") from err
-    inits = {i.name for i in model.graph.initializer}
-    shapes = {}
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-        if input_shape is not None:
-            dims = list(input_shape)
-        if not dims or any(d <= 0 for d in dims):
-            raise ModelError(f"input {inp.name!r} of {path} has no static shape; pass input_shape")
-        shapes[inp.name] = dims
-    try:
-        return from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
-    except Exception as err:
-        raise ModelError(f"importing {path} into Relax failed: {err}") from err
+    return frontend.load_model(str(path), input_shape=input_shape).relax()
