@@ -27,6 +27,7 @@ It is a ``dlight`` ScheduleRule: ``dlight.ApplyDefaultSchedule(CpmCpuSchedule())
 """
 from __future__ import annotations
 
+import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
@@ -48,8 +49,18 @@ def _uses(expr, var) -> bool:
     return any(hits)
 
 
+def _is_copy(sch, block_rv) -> bool:
+    """A block that only copies (e.g. a convolution's padding when the padding is zero)."""
+    body = sch.get(block_rv).body
+    return isinstance(body, tirx.BufferStore) and isinstance(body.value, tvm.ir.TensorLoad)
+
+
 def _inline_elementwise(sch, root) -> None:
-    """Inline spatial blocks whose consumers are all spatial (keep pads that feed a reduction)."""
+    """Inline spatial blocks into spatial consumers, and plain copies into any consumer.
+
+    A real padding block (with its bounds test) stays: inlined into a reduction, it would put a
+    branch into the innermost loop.
+    """
     outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
     changed = True
     while changed:
@@ -58,7 +69,9 @@ def _inline_elementwise(sch, root) -> None:
             if sch.get(block_rv).name_hint in outputs or not _is_spatial(sch, block_rv):
                 continue
             consumers = sch.get_consumers(block_rv)
-            if not consumers or not all(_is_spatial(sch, c) for c in consumers):
+            if not consumers:
+                continue
+            if not _is_copy(sch, block_rv) and not all(_is_spatial(sch, c) for c in consumers):
                 continue
             try:
                 sch.compute_inline(block_rv)
