@@ -2,12 +2,13 @@
 
 The CPU lowering of ``tvm.tirx.build`` minus its packed-API steps (``MakePackedAPI``,
 ``LowerTVMBuiltin``, ``SplitHostDevice``), plus passes of ours, one per file:
-:class:`.plain_c.PlainCParams`, :class:`.serial_loops.SerialLoops`,
-:class:`.lift_workspace.LiftWorkspace` and :class:`.exact_floats.ExactFloatLiterals`. The C text
-of ``target.build.c`` is then taken apart strictly: its runtime includes, FFI globals and extern
-declarations are dropped, each kernel becomes a ``static`` function over ``float *restrict``
-pointers, and anything unexpected is an error rather than silently dropped.
-(:class:`.global_scope.GlobalScopeBuffers` re-scopes register tiles for the C printer.)
+:class:`.plain_c.PlainCParams` (raw pointer parameters), :class:`.serial_loops.SerialLoops`
+(no thread pool), :class:`.global_scope.GlobalScopeBuffers` (register tiles the C printer
+accepts), :class:`.lift_workspace.LiftWorkspace` (temporaries to the arena) and
+:class:`.exact_floats.ExactFloatLiterals` (bit-exact constants). The C text of ``target.build.c``
+is then taken apart strictly: its runtime includes, FFI globals and extern declarations are
+dropped, each kernel becomes a ``static`` function over ``restrict`` pointers (``const`` for its
+inputs), and anything unexpected is an error rather than silently dropped.
 """
 from __future__ import annotations
 

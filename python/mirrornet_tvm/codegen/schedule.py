@@ -1,29 +1,34 @@
 """Default CPU schedules for CPM kernels that the tuning database has no record for.
 
 TVM's legalized kernels are naive loop nests: a convolution loops over every output pixel and,
-innermost, over the 3x3 taps of one input channel, re-reading the same weights for each pixel and
-leaving nothing for a C compiler to vectorize. This rule gives each reduction a register-blocked
-order with one output row innermost::
+innermost, over the 3x3 window of one input channel, re-reading the same weights for each pixel and
+leaving nothing for a C compiler to vectorize. ``CpmCpuSchedule`` gives each reduction a
+register-blocked order with one output row innermost::
 
-    for co, y:                               for co in blocks of C, y:
-      for x:                                   acc[0:C, 0:W] = 0               (registers)
-        for ci, ky, kx:              ->        for ky, kx, ci:
-          out[co,y,x] += in*w                    acc[c, 0:W] += in[ci, y+ky, kx:kx+W] * w[co+c,ci,ky,kx]
+    for co, y, x:                            for co in blocks of C, y:
+      for ci, ky, kx:                ->        acc[0:C, 0:W] = 0                (registers)
+        out[co,y,x] += in * w                  for ky, kx, ci:
+                                                 acc[c, 0:W] += in[ci, y+ky, kx:kx+W] * w[co+c, ci, ky, kx]
                                                plane[0:C, y, 0:W] = acc
                                              out[co:co+C] = epilogue(plane)
 
-The accumulator tile (C output channels x one row, C chosen so that the tile has at most
-``MAX_TILE`` floats) is a small ``local`` buffer (a C array that the compiler keeps in vector
-registers), the row loops are unrolled into straight-line code that gcc and LLVM alike turn into
-SIMD (the input-channel loop is the innermost reduction loop, so no tiny 3-tap loop sits between
-the rows and the vectorizer), each weight is loaded once per row, and the elementwise epilogue (bias, ReLU, residual add)
-follows plane by plane while the plane is in cache, so the reduction's full-size intermediate never
-exists.
-Rows wider than ``MAX_ROW`` are tiled by a divisor of their width. A reduction whose inputs are
-not contiguous along the output row (a global average pool, a product with a [N, K] weight) keeps
-its order: there the reduction axis is the contiguous one. Elementwise chains are inlined.
+- The accumulator tile, C output channels x one row with at most ``MAX_TILE`` floats, is a small
+  ``local`` buffer that the C compiler keeps in vector registers; the tile loops are unrolled into
+  straight-line code that gcc's SLP vectorizer and LLVM's alike turn into SIMD, and each input row
+  load serves C output channels.
+- The longest reduction loop (the input channels) is innermost: gcc fully unrolls a tiny innermost
+  loop (kx, extent 3) into overlapping rows it cannot vectorize. If every reduction loop is tiny
+  (a 2x2 pool window), they are fused into one.
+- The elementwise epilogue (bias, ReLU, residual add) runs per block of planes in a loop of its
+  own: gcc gives up vectorizing a tile whose basic block also holds the epilogue's float compares.
+- Elementwise chains are inlined, and so are plain copies (a convolution's zero padding); a real
+  padding block stays, or its bounds test would sit in the innermost loop.
+- Rows wider than ``MAX_ROW`` are tiled by a divisor of their width. A reduction whose inputs are
+  not contiguous along the output row (a global average pool, a product with an [N, K] weight)
+  keeps its order: there the reduction axis is the contiguous one.
 
-It is a ``dlight`` ScheduleRule: ``dlight.ApplyDefaultSchedule(CpmCpuSchedule())``.
+It is a ``dlight`` ScheduleRule: ``dlight.ApplyDefaultSchedule(CpmCpuSchedule())``; the same
+scheduled TIR feeds both the C emitter and, in the benchmark, ``tvm.compile``.
 """
 from __future__ import annotations
 
