@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -27,7 +28,9 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 from tvm import relax
+from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tqdm import tqdm
 
 from .errors import CompileError, UsageError
 from .transform.apply_database import ApplyTuningDatabase
@@ -198,7 +201,7 @@ def build_backbone(mod: tvm.IRModule, target=None, database=None, out="backbone.
                 raise UsageError("tuning records go to a database folder; pass database=<folder>")
             log(f"tuning the backbone: {tune_trials} trials ({kernels} kernels)")
             before = len(db)
-            _tune(lowered, spec.target, db, db_dir, tune_trials)
+            _tune(lowered, spec.target, db, db_dir, tune_trials, log)
             new_trials = len(db) - before
         with spec.target:
             applied = ApplyTuningDatabase(db)(lowered) if db is not None else lowered
@@ -307,10 +310,27 @@ class _Ledger:
                 "workloads": self.entries}, indent=2) + "\n")
 
 
-def _tune(lowered: tvm.IRModule, target: tvm.target.Target, db, work_dir: Path, trials: int) -> None:
+@derived_object
+class _TrialProgress(ms.measure_callback.PyMeasureCallback):
+    """Advance a progress bar (stderr) by the candidates MetaSchedule has just measured."""
+
+    def __init__(self, bar):
+        super().__init__()
+        self.bar = bar
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        self.bar.update(len(measure_candidates))
+
+
+def _tune(lowered: tvm.IRModule, target: tvm.target.Target, db, work_dir: Path, trials: int, log) -> None:
     tasks = ms.relax_integration.extract_tasks(lowered, target)
     if not tasks:
         return
+    # MetaSchedule logs every step to stdout (and to work_dir/logs); keep stdout for our own output
+    # and show a progress bar on stderr instead. The log files keep everything.
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    if ms_logger.level == logging.NOTSET:
+        ms_logger.setLevel(logging.WARNING)
     # A population far beyond what the budget can measure only costs time (MetaSchedule's default of
     # 512 candidates takes minutes per kernel on a loaded machine for a handful of trials).
     population = max(32, min(512, 8 * trials))
@@ -320,13 +340,17 @@ def _tune(lowered: tvm.IRModule, target: tvm.target.Target, db, work_dir: Path, 
         tasks, work_dir=str(work_dir), strategy=strategy, num_threads=1, seed=0)
     builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILDER_TIMEOUT_SEC)
     runner = ms.runner.LocalRunner(timeout_sec=RUNNER_TIMEOUT_SEC)
-    try:
-        ms.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
-            num_trials_per_iter=min(64, trials), builder=builder, runner=runner, database=db,
-            cost_model=ms.cost_model.XGBModel(num_tuning_cores=1, num_warmup_samples=min(100, trials)))
-    except Exception as err:
-        raise CompileError(f"MetaSchedule tuning of the backbone failed: {err}") from None
-    finally:
-        runner.pool.shutdown()
-    print(f"[mirrornet] tuned {len(tasks)} kernels, {trials} trials; records in {work_dir}", file=sys.stderr)
+    with tqdm(total=trials, desc="MetaSchedule", unit="trial", file=sys.stderr, disable=None) as bar:
+        try:
+            ms.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
+                num_trials_per_iter=min(64, trials), builder=builder, runner=runner, database=db,
+                cost_model=ms.cost_model.XGBModel(num_tuning_cores=1, num_warmup_samples=min(100, trials)),
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                   _TrialProgress(bar)])
+        except Exception as err:
+            raise CompileError(f"MetaSchedule tuning of the backbone failed: {err} "
+                               f"(logs: {work_dir}/logs)") from None
+        finally:
+            runner.pool.shutdown()
+    log(f"MetaSchedule: {trials} trials over {len(tasks)} kernels; records and logs in {work_dir}")
