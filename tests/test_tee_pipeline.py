@@ -112,23 +112,31 @@ def test_run_in_optee_under_qemu_agrees_with_the_simulator(pipeline):
         pytest.skip(f"OP-TEE QEMU environment missing: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
     assert "TEE qemu" in proc.stdout and "not reported" in proc.stdout
-    _step("run", d / "build", "--dataset", "fashion-mnist", "--limit", n, "-q", "--json", d / "sim.json")
-    qemu_res, sim_res = (json.loads((d / f).read_text()) for f in ("qemu.json", "sim.json"))
-    assert qemu_res["correct"] == sim_res["correct"] and qemu_res["images"] == n
+    from mirrornet_tvm import data
+    from mirrornet_tvm.tee.protected import protected_inference
+
+    x, y = data.load("fashion-mnist")[2:]
+    sim = protected_inference(d / "build", x[:n], y[:n], tee="sim", progress=False)
+    qemu_res = json.loads((d / "qemu.json").read_text())
+    assert qemu_res["images"] == n and qemu_res["correct"] == sim.correct
 
 
 def test_run_names_what_is_missing(pipeline, tmp_path):
-    proc = _mirrornet("run", tmp_path / "nothing", "--dataset", "fashion-mnist", "--limit", 2)
-    assert proc.returncode == 1 and "not a build folder" in proc.stderr and "Traceback" not in proc.stderr
+    from mirrornet_tvm.errors import ArtifactError
+    from mirrornet_tvm.tee.protected import protected_inference
+
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    with pytest.raises(ArtifactError, match="not a build folder"):
+        protected_inference(tmp_path / "nothing", x, progress=False)
     unpackaged = tmp_path / "build"
     shutil.copytree(pipeline / "build", unpackaged)
     manifest = json.loads((unpackaged / "manifest.json").read_text())
     del manifest["ta"]
     (unpackaged / "manifest.json").write_text(json.dumps(manifest))
-    proc = _mirrornet("run", unpackaged, "--dataset", "fashion-mnist", "--limit", 2)
-    assert proc.returncode == 1 and "mirrornet package-ta" in proc.stderr
+    with pytest.raises(ArtifactError, match="mirrornet package-ta"):
+        protected_inference(unpackaged, x, progress=False)
     proc = _mirrornet("run", pipeline / "build", "--dataset", "cifar-11", "--limit", 2)
-    assert proc.returncode == 1 and "unknown dataset" in proc.stderr
+    assert proc.returncode == 1 and "unknown dataset" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_optee_without_a_libteec_is_a_clear_error(pipeline):
