@@ -127,7 +127,6 @@ def bench_model(name: str, work: Path, x: np.ndarray, rounds: int, tune_trials: 
             split = []
 
             def protected(im):
-                t0 = time.perf_counter_ns()
                 taps = backbone.taps(im)
                 t1 = time.perf_counter_ns()
                 _, cpm_ns = tee.run(taps)

@@ -126,7 +126,8 @@ int mirrornet_cpm_run(const float *const taps[], float *logits)
 """
     (cpm_dir / "mirrornet_cpm.c").write_text(c_src)
     sha = hashlib.sha256(c_src.encode()).hexdigest()
-    (cpm_dir / "mirrornet_cpm.h").write_text(f"""/* Test fixture written by tests/tee_stand_in_cpm.py (stand-in for the generated header). */
+    banner = "/* Test fixture written by tests/tee_stand_in_cpm.py"
+    (cpm_dir / "mirrornet_cpm.h").write_text(f"""{banner} (stand-in for the generated header). */
 #ifndef MIRRORNET_CPM_H
 #define MIRRORNET_CPM_H
 #define MIRRORNET_CPM_NUM_TAPS {len(tap_sizes)}
@@ -139,10 +140,10 @@ int mirrornet_cpm_run(const float *const taps[], float *logits)
 int mirrornet_cpm_run(const float *const taps[], float *logits);
 #endif
 """)
-    (cpm_dir / "math.h").write_text("""/* Test fixture written by tests/tee_stand_in_cpm.py: the TA-side math header (no libm). */
+    (cpm_dir / "math.h").write_text(f"""{banner}: the TA-side math header (no libm). */
 #ifndef MIRRORNET_MATH_H
 #define MIRRORNET_MATH_H
-static inline float fmaxf(float a, float b) { return a > b ? a : b; }
+static inline float fmaxf(float a, float b) {{ return a > b ? a : b; }}
 #endif
 """)
     return StandInCpm(tap_sizes, w, b, cpm_dir)

@@ -6,7 +6,6 @@ test_tee_pipeline.py.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -159,8 +159,8 @@ def _c_weight_tensors(c_file: Path) -> dict:
     tensors = {}
     for name, n, body in re.findall(r"static const float (\w+)\[(\d+)\]\s*=\s*\{(.*?)\};", text, re.S):
         values = []
-        for tok in re.findall(r"mirrornet_f32\(0x[0-9a-fA-F]+u?\)|[-+]?0x[0-9a-fA-FpP.+-]+f?|[-+]?[\d.]+(?:[eE][-+]?\d+)?f?",
-                              body):
+        literal = r"mirrornet_f32\(0x[0-9a-fA-F]+u?\)|[-+]?0x[0-9a-fA-FpP.+-]+f?|[-+]?[\d.]+(?:[eE][-+]?\d+)?f?"
+        for tok in re.findall(literal, body):
             if tok.startswith("mirrornet_f32"):
                 bits = int(re.search(r"0x[0-9a-fA-F]+", tok).group(0), 16)
                 values.append(np.array([bits], np.uint32).view(np.float32)[0])
@@ -179,7 +179,8 @@ def _onnx_cpm_tensors(artifact: Path) -> dict:
     import onnx
     from onnx import numpy_helper
 
-    backbone = {numpy_helper.to_array(t).tobytes() for t in onnx.load(str(artifact / "backbone.onnx")).graph.initializer}
+    backbone = {numpy_helper.to_array(t).tobytes()
+                for t in onnx.load(str(artifact / "backbone.onnx")).graph.initializer}
     out = {}
     for t in onnx.load(str(artifact / "combined.onnx")).graph.initializer:
         arr = numpy_helper.to_array(t)

@@ -5,10 +5,8 @@ The CPM is the test fixture of tee_stand_in_cpm.py (a linear layer with known we
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
