@@ -1,8 +1,8 @@
 """How much of a MirrorNet-protected model a thief can steal: the zoo on Fashion-MNIST, by strategy.
 
 For each zoo model, each degradation objective (uniform, adversarial) and a few strategies (the default
-that `mirrornet protect --auto` picks, the same CPM fed from a deeper tap, the default tap with a
-narrower CPM), the model is protected once (`mirrornet protect`, seed 0) and attacked at each budget
+that `mirrornet protect --auto` picks, the same CPM fed from the next deeper stage tap, the default tap
+with the widest CPM under 10% of the model's FLOPs, and optionally a narrower one), the model is protected once (`mirrornet protect`, seed 0) and attacked at each budget
 with each seed (`mirrornet_tvm.attack`): illegal use, fine-tuning the stolen backbone, a linear probe on
 each tapped map, against the black-box baseline and the white-box reference. One table row per protected
 model and budget: accuracy original / authorized / illegal, the thief's best attack, black-box,
@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT / "python"))
 DATASET = "fashion-mnist"
 DEGRADATIONS = ("uniform", "adversarial")
 FULL = dict(models=("lenet", "vgg", "resnet"), budgets=(0.001, 0.01, 0.1), seeds=(0, 1, 2),
-            variants=("default", "deeper", "narrower"))
-QUICK = dict(models=("lenet",), budgets=(0.001, 0.01), seeds=(0, 1, 2), variants=("default", "deeper"))
+            variants=("default", "deeper", "wider"))
+QUICK = dict(models=("lenet",), budgets=(0.001, 0.01), seeds=(0, 1, 2), variants=("default", "deeper", "wider"))
+VARIANTS = ("default", "deeper", "wider", "narrower")
 TARGET = {"ratio": 1.05, "ratio_budgets": (0.001, 0.01), "gap": 0.25, "authorized_points": 1.0, "flop_share": 0.10}
 
 
@@ -74,12 +75,13 @@ def base_model(out: Path, model: str) -> Path:
 
 
 def strategies(base: Path, degradation: str, variants) -> dict:
-    """variant -> Strategy: the --auto default, the same CPM from the next deeper stage tap, a narrower CPM."""
+    """variant -> Strategy: the --auto default, the same CPM from the next deeper stage tap, the widest CPM at
+    the default tap under the target's 10% of FLOPs, the next narrower CPM (each only when it differs)."""
     from mirrornet_tvm.analysis import candidate_taps
     from mirrornet_tvm.frontend import load_model
     from mirrornet_tvm.mirror import strip_softmax
     from mirrornet_tvm.protect import AUTO_FLOP_SHARE
-    from mirrornet_tvm.strategy import WIDTH_RATIOS, auto_select, generate_strategies
+    from mirrornet_tvm.strategy import WIDTH_RATIOS, auto_select, cpm_cost, generate_strategies
 
     graph = strip_softmax(load_model(base).graph())
     costs = generate_strategies(graph)
@@ -90,9 +92,15 @@ def strategies(base: Path, degradation: str, variants) -> dict:
     deeper = [t for t in stages if taps.index(t) > taps.index(default.taps[0])]
     if "deeper" in variants and deeper:
         out["deeper"] = default.replace(taps=(deeper[0],))
+    wider = [w for w in WIDTH_RATIOS if w > default.width_ratio
+             and cpm_cost(default.replace(width_ratio=w), graph).flop_share < TARGET["flop_share"]]
+    if "wider" in variants and wider:
+        out["wider"] = default.replace(width_ratio=wider[-1])
     narrower = [w for w in WIDTH_RATIOS if w < default.width_ratio]
     if "narrower" in variants and narrower:
-        out["narrower"] = default.replace(width_ratio=narrower[-1])
+        s = default.replace(width_ratio=narrower[-1])
+        if cpm_cost(s, graph).cpm_params != cpm_cost(default, graph).cpm_params:   # not clamped to the same CPM
+            out["narrower"] = s
     return {k: v for k, v in out.items() if k in variants}
 
 
@@ -127,7 +135,7 @@ def run_cell(art: Path, budget: float, seed: int, out: Path, args) -> None:
     from mirrornet_tvm.attack import AttackConfig, Victim, evaluate
     from mirrornet_tvm.util import write_json
 
-    config = AttackConfig(budgets=(budget,), seeds=(seed,), lrs=tuple(args.lrs))
+    config = AttackConfig(budgets=(budget,), seeds=(seed,), lrs=tuple(args.lrs), controls=True)
     report = evaluate(Victim.from_artifact(art), DATASET, config, baseline_cache=out / "baselines")
     write_json(cell_path(art, budget, seed), dict(report.to_dict(), generated_by=(
         f"bench/security_table.py: mirrornet_tvm.attack.evaluate on {art.name}, budget {budget}, seed {seed}")))
@@ -265,12 +273,12 @@ def _floats(text):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="lenet only, budgets 0.1%% and 1%%, default and deeper tap")
+    ap.add_argument("--quick", action="store_true", help="lenet only, budgets 0.1%% and 1%%")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "security")
     ap.add_argument("--models", help="comma-separated zoo models (default: all, or lenet with --quick)")
     ap.add_argument("--budgets", type=_floats, help="comma-separated budgets (fractions of the training split)")
     ap.add_argument("--seeds", help="comma-separated attack seeds (default 0,1,2)")
-    ap.add_argument("--variants", help="comma-separated strategy variants: default, deeper, narrower")
+    ap.add_argument("--variants", help="comma-separated strategy variants: default, deeper, wider, narrower")
     ap.add_argument("--degradations", default=",".join(DEGRADATIONS))
     ap.add_argument("--lrs", type=_floats, default=None, help="learning rates of every attack "
                                                                "(default: mirrornet attack's)")
@@ -314,7 +322,7 @@ def main(argv=None) -> int:
 
     if not args.table_only:
         # Protect every artifact first (default strategies first), then attack: small budgets first.
-        order = sorted(plan, key=lambda p: (variants.index(p[2]), models.index(p[0])))
+        order = sorted(plan, key=lambda p: (VARIANTS.index(p[2]), models.index(p[0])))
         for model, d, variant, s in order:
             if out_of_time():
                 say("time limit reached: not starting more protection runs")

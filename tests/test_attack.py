@@ -60,8 +60,8 @@ def _tiny_args(**over):
 
 def test_attack_cli_writes_every_field(artifact, tmp_path, capsys):
     out_json = tmp_path / "report.json"
-    code, stdout, err = _run(["attack", str(artifact), "--dataset", "fashion-mnist", "-q", "--json", str(out_json)]
-                             + _tiny_args(), capsys)
+    code, stdout, err = _run(["attack", str(artifact), "--dataset", "fashion-mnist", "-q", "--json", str(out_json),
+                              "--controls"] + _tiny_args(), capsys)
     assert code == 0, err
     doc = json.loads(out_json.read_text())
     assert json.loads((artifact / "attack.json").read_text()) == doc
@@ -72,7 +72,8 @@ def test_attack_cli_writes_every_field(artifact, tmp_path, capsys):
     p = doc["protocol"]
     assert p["lrs"] == [1e-3, 3e-3] and p["seeds"] == [0, 1] and p["epochs_per_budget"] == {"0.05%": 2, "40": 2}
     assert "held-out" in p["lr_selection"] and "never the test" in p["lr_selection"]
-    attacks = {STEALING, "probe:b1_maxpool", "probe:b3_maxpool", BLACKBOX, WHITEBOX}
+    controls = {f"control:{kind}:{tap}" for kind in ("random", "original") for tap in ("b1_maxpool", "b3_maxpool")}
+    attacks = {STEALING, "probe:b1_maxpool", "probe:b3_maxpool", BLACKBOX, WHITEBOX} | controls
     assert {r["attack"] for r in doc["runs"]} == attacks
     assert len(doc["runs"]) == 2 * 2 * len(attacks)                       # budgets x seeds x attacks
     assert {r["samples"] for r in doc["runs"]} == {30, 40}                # 0.05% of 60000, and a count
@@ -88,15 +89,16 @@ def test_attack_cli_writes_every_field(artifact, tmp_path, capsys):
     for row in rows:
         if row["attack"] not in (BLACKBOX,):
             assert row["ratio"] is not None
-        if row["attack"] in (BLACKBOX, WHITEBOX):
-            assert row["secure"] is None
+        if row["attack"] in {BLACKBOX, WHITEBOX} | controls:
+            assert row["secure"] is None                                   # baselines and controls are not judged
         else:
             assert row["secure"] == (row["ratio"] <= 1.05)
     v = doc["verdict"]
     assert set(v["per_budget"]) == {"0.05%", "40"} and v["secure"] == all(b["secure"] for b in v["per_budget"].values())
     # the table shows every attack, the ratio, the gap closed and the verdict
     for words in ("fine-tune stolen backbone", "linear probe on b3_maxpool", "black-box (random init)",
-                  "white-box (original fine-tuned)", "illegal use", "x black-box", "gap closed", "verdict:"):
+                  "white-box (original fine-tuned)", "illegal use", "x black-box", "gap closed", "verdict:",
+                  "control: probe b1_maxpool, random net", "control: probe b3_maxpool, original"):
         assert words in stdout
     # the report can be read back with the same figures
     again = SecurityReport.from_dict(doc)

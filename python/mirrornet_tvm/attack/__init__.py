@@ -18,7 +18,7 @@ Modules: :mod:`.thief_data` (budgets, disjoint draws), :mod:`.victim` (what is a
 :mod:`.attacks` (training with learning-rate search), :mod:`.evaluate` (the run, caching, attack.json),
 :mod:`.report` (summary, verdict, table), :mod:`.floor` (the evaluation as a floor for strategy search).
 """
-from .attacks import BLACKBOX, ILLEGAL, PROBE_PREFIX, STEALING, WHITEBOX
+from .attacks import BLACKBOX, CONTROL_ORIGINAL, CONTROL_RANDOM, ILLEGAL, PROBE_PREFIX, STEALING, WHITEBOX
 from .evaluate import (DEFAULT_BUDGETS, DEFAULT_LRS, DEFAULT_SEEDS, AttackConfig, attack_artifact, evaluate,
                        security_check)
 from .floor import SecureChoice, SecurityFloor, first_secure
@@ -32,5 +32,5 @@ __all__ = [
     "attack_artifact", "evaluate", "security_check", "first_secure", "format_table", "summary_lines", "attack_label", "gap_closed",
     "budget_label", "budget_samples", "disjoint_pool", "thief_split", "random_like",
     "DEFAULT_BUDGETS", "DEFAULT_SEEDS", "DEFAULT_LRS", "SECURE_RATIO",
-    "STEALING", "BLACKBOX", "WHITEBOX", "ILLEGAL", "PROBE_PREFIX",
+    "STEALING", "BLACKBOX", "WHITEBOX", "ILLEGAL", "PROBE_PREFIX", "CONTROL_RANDOM", "CONTROL_ORIGINAL",
 ]

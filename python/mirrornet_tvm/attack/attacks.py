@@ -5,6 +5,12 @@
 ``blackbox``    the same architecture from random initialisation: what the budget is worth without theft
 ``whitebox``    the unprotected original fine-tuned on the budget: what full theft would give
 
+Controls (optional, not judged by the rule; they say what a probe's result is made of):
+
+``control:random:<tap>``    the same linear probe on the same tap of a randomly initialised backbone: what a
+                            linear classifier on such features gets with nothing stolen
+``control:original:<tap>``  the same probe on the unprotected original's tap: what it gets with no protection
+
 Every attack is trained the same way (:func:`train_with_lr_search`): for each learning rate, train on
 the fit part of the budget and score the held-out part; take the best held-out accuracy (ties: lower
 held-out loss, then the earlier rate); retrain from the same starting point on the whole budget with that
@@ -33,6 +39,8 @@ BLACKBOX = "blackbox"
 WHITEBOX = "whitebox"
 ILLEGAL = "illegal"
 PROBE_PREFIX = "probe:"
+CONTROL_RANDOM = "control:random:"
+CONTROL_ORIGINAL = "control:original:"
 
 
 @dataclass(frozen=True)

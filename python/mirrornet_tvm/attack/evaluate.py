@@ -28,8 +28,8 @@ from .. import __version__, data
 from ..errors import UsageError
 from ..training_base import evaluate as accuracy_of
 from ..util import read_json, write_json
-from .attacks import (BLACKBOX, PROBE_PREFIX, STEALING, WHITEBOX, TrainSpec, make_probe, train_with_lr_search,
-                      trainable_copy)
+from .attacks import (BLACKBOX, CONTROL_ORIGINAL, CONTROL_RANDOM, PROBE_PREFIX, STEALING, WHITEBOX, TrainSpec,
+                      make_probe, train_with_lr_search, trainable_copy)
 from .report import SECURE_RATIO, AttackRun, SecurityReport
 from .thief_data import budget_label, budget_samples, disjoint_pool, thief_split
 from .victim import Victim, random_like
@@ -56,6 +56,7 @@ class AttackConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     val_fraction: float = DEFAULT_VAL_FRACTION
     probes: bool = True                  # linear probes on the strategy's taps
+    controls: bool = False               # probes on a random backbone and on the original (see attacks.py)
     test_subset: int | None = None       # score on a stratified subset of the test split (None: all)
     floor: float = SECURE_RATIO
 
@@ -116,7 +117,8 @@ class _BaselineCache:
 
     def _path(self, attack, samples, seed, epochs):
         key = json.dumps(dict(self.base, attack=attack, samples=samples, seed=seed, epochs=epochs), sort_keys=True)
-        return self.folder / f"{attack}-{samples}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+        stem = attack.replace(":", "_")
+        return self.folder / f"{stem}-{samples}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
     def get(self, attack, samples, seed, epochs) -> AttackRun | None:
         if self.folder is None:
@@ -170,13 +172,17 @@ def evaluate(victim: Victim, dataset: str, config: AttackConfig = AttackConfig()
 
     illegal = accuracy_of(victim.backbone, x_test, y_test)
     original = accuracy_of(victim.original, x_test, y_test)
-    attacks = [STEALING] + [PROBE_PREFIX + t for t in taps] + [BLACKBOX, WHITEBOX]
+    attacks = [STEALING] + [PROBE_PREFIX + t for t in taps]
+    if config.controls:
+        attacks += [CONTROL_RANDOM + t for t in taps] + [CONTROL_ORIGINAL + t for t in taps]
+    attacks += [BLACKBOX, WHITEBOX]
+    unprotected = [a for a in attacks if _protection_free(a)]   # depend on the original model only: cached
     per_run = len(config.lrs) + 1
     splits = {(b, s): thief_split(y_train, pool, samples[b], s, config.val_fraction)
               for b in config.budgets for s in config.seeds}
     epochs = {b: config.epochs_for(len(splits[(b, config.seeds[0])].fit)) for b in config.budgets}
     cached = {(b, s, a): cache.get(a, samples[b], s, epochs[b])
-              for b in config.budgets for s in config.seeds for a in (BLACKBOX, WHITEBOX)}
+              for b in config.budgets for s in config.seeds for a in unprotected}
     total = per_run * sum(1 for b in config.budgets for s in config.seeds for a in attacks
                           if cached.get((b, s, a)) is None)
     bar = tqdm(total=total, desc="attack", unit="training", file=sys.stderr, disable=not progress,
@@ -202,7 +208,7 @@ def evaluate(victim: Victim, dataset: str, config: AttackConfig = AttackConfig()
                                     trained.lr, {repr(lr): v for lr, v in trained.val_accuracy.items()},
                                     epochs[b], round(trained.seconds, 2))
                     runs.append(run)
-                    if a in (BLACKBOX, WHITEBOX):
+                    if a in unprotected:
                         cache.put(run)
                     if progress:
                         tqdm.write(f"{budget_label(b)} ({samples[b]} samples) seed {s}: {a} {run.accuracy:.2%} "
@@ -240,8 +246,21 @@ def evaluate(victim: Victim, dataset: str, config: AttackConfig = AttackConfig()
     return SecurityReport(tuple(runs), illegal, config.floor, meta)
 
 
+def _protection_free(attack: str) -> bool:
+    return attack in (BLACKBOX, WHITEBOX) or attack.startswith((CONTROL_RANDOM, CONTROL_ORIGINAL))
+
+
 def _start_model(attack: str, victim: Victim, taps: dict, seed: int) -> torch.nn.Module:
     """The model an attack starts training from (never shared with another attack)."""
+    if attack.startswith(CONTROL_RANDOM):
+        tap = attack[len(CONTROL_RANDOM):]
+        return make_probe(random_like(victim.original, seed=30011 + seed), taps[tap], victim.num_classes,
+                          seed=20011 + seed)
+    if attack.startswith(CONTROL_ORIGINAL):
+        from ..mirror import tap_index
+
+        tensor = tap_index(victim.original)[attack[len(CONTROL_ORIGINAL):]][0]
+        return make_probe(victim.original, tensor, victim.num_classes, seed=20011 + seed)
     if attack == STEALING:
         return trainable_copy(victim.backbone)
     if attack == BLACKBOX:

@@ -9,7 +9,8 @@ Summary of one attack at one budget, over the seeds that ran it:
                  model). Undefined (None) when white-box is less than :data:`MIN_GAP` above black-box.
 ``secure``       ratio <= floor (the 1.05x rule of TEESlice), for the attacks on the stolen backbone
 
-Illegal use (the backbone alone, no training) takes no budget: its accuracy is compared with the
+Controls (``control:...``) are reported like attacks but never judged. Illegal use (the backbone alone,
+no training) takes no budget: its accuracy is compared with the
 black-box baseline of each budget. A budget is secure when every attack on the stolen backbone is.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .attacks import BLACKBOX, ILLEGAL, PROBE_PREFIX, STEALING, WHITEBOX
+from .attacks import BLACKBOX, CONTROL_ORIGINAL, CONTROL_RANDOM, ILLEGAL, PROBE_PREFIX, STEALING, WHITEBOX
 from .thief_data import budget_label
 
 SECURE_RATIO = 1.05
@@ -75,8 +76,12 @@ def _std(values) -> float | None:
 
 
 def _attack_order(name: str) -> tuple:
-    order = {ILLEGAL: 0, STEALING: 1, BLACKBOX: 3, WHITEBOX: 4}
-    return (order.get(name, 2), name)
+    order = {ILLEGAL: 0, STEALING: 1, BLACKBOX: 4, WHITEBOX: 5}
+    if name.startswith(CONTROL_RANDOM):
+        return (3, name[len(CONTROL_RANDOM):], 0)
+    if name.startswith(CONTROL_ORIGINAL):
+        return (3, name[len(CONTROL_ORIGINAL):], 1)
+    return (order.get(name, 2), name, 0)
 
 
 @dataclass(frozen=True)
@@ -247,19 +252,23 @@ _LABELS = {ILLEGAL: "illegal use (backbone alone)", STEALING: "fine-tune stolen 
 def attack_label(name: str) -> str:
     if name.startswith(PROBE_PREFIX):
         return f"linear probe on {name[len(PROBE_PREFIX):]}"
+    if name.startswith(CONTROL_RANDOM):
+        return f"control: probe {name[len(CONTROL_RANDOM):]}, random net"
+    if name.startswith(CONTROL_ORIGINAL):
+        return f"control: probe {name[len(CONTROL_ORIGINAL):]}, original"
     return _LABELS.get(name, name)
 
 
 def format_table(report: SecurityReport) -> str:
     """The summary as a fixed-width table, one block per budget, with the verdict per budget."""
-    head = f"{'budget':>8} {'samples':>7}  {'attack':<34} {'test accuracy':>17} {'x black-box':>14} " \
+    head = f"{'budget':>8} {'samples':>7}  {'attack':<38} {'test accuracy':>17} {'x black-box':>14} " \
            f"{'gap closed':>14}  verdict"
     lines = [head, "-" * len(head)]
     for b in report.budgets():
         for r in (x for x in report.summary() if x.budget == b):
             verdict = "" if r.secure is None else ("secure" if r.secure else "NOT secure")
             gap = "-" if r.gap_closed is None else _pm(r.gap_closed, r.gap_closed_std, pct=True, digits=0)
-            lines.append(f"{budget_label(b):>8} {r.samples:>7}  {attack_label(r.attack):<34} "
+            lines.append(f"{budget_label(b):>8} {r.samples:>7}  {attack_label(r.attack):<38} "
                          f"{_pm(r.accuracy, r.accuracy_std):>17} "
                          f"{(_pm(r.ratio, r.ratio_std, pct=False, digits=3) + 'x') if r.ratio else '-':>14} "
                          f"{gap:>14}  {verdict}")

@@ -62,6 +62,8 @@ def _command_line() -> str:
 @click.option("--floor", type=float, default=SECURE_RATIO, show_default=True,
               help="Secure when every attack on the stolen backbone is within FLOOR x the black-box accuracy.")
 @click.option("--no-probes", is_flag=True, help="Skip the linear probes on the tapped feature maps.")
+@click.option("--controls", is_flag=True,
+              help="Also probe the same taps of a random network and of the unprotected original (not judged).")
 @click.option("--test-subset", type=int, default=None,
               help="Score on a stratified subset of N test images (default: the whole test split).")
 @click.option("--baseline-cache", type=click.Path(file_okay=False), default=None,
@@ -70,7 +72,7 @@ def _command_line() -> str:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the report here (it is always written to ARTIFACT_DIR/attack.json).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def attack(artifact_dir, dataset, budgets, seeds, lrs, epochs, batch_size, floor, no_probes, test_subset,
+def attack(artifact_dir, dataset, budgets, seeds, lrs, epochs, batch_size, floor, no_probes, controls, test_subset,
            baseline_cache, threads, json_out, quiet):
     """Attack ARTIFACT_DIR (from `mirrornet protect`) as a thief owning the normal world would.
 
@@ -82,8 +84,8 @@ def attack(artifact_dir, dataset, budgets, seeds, lrs, epochs, batch_size, floor
     from ..training_base import set_threads
 
     set_threads(threads)
-    config = AttackConfig(budgets, seeds, lrs, epochs, batch_size, probes=not no_probes, test_subset=test_subset,
-                          floor=floor)
+    config = AttackConfig(budgets, seeds, lrs, epochs, batch_size, probes=not no_probes, controls=controls,
+                          test_subset=test_subset, floor=floor)
     command = _command_line()
     report = attack_artifact(artifact_dir, dataset, config, json_out=json_out, progress=not quiet,
                              baseline_cache=baseline_cache, command=command)
