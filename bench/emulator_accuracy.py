@@ -167,7 +167,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="lenet,vgg,resnet")
     p.add_argument("--calibration", type=int, default=6, help="strategies to calibrate on")
-    p.add_argument("--heldout", type=int, default=12, help="held-out strategies")
+    p.add_argument("--heldout", type=int, default=16, help="held-out strategies")
     p.add_argument("--corpus", type=int, default=150, help="random corpus kernels")
     p.add_argument("--images", type=int, default=40, help="images per protected run")
     p.add_argument("--seed", type=int, default=0)

@@ -12,7 +12,7 @@ import click
 @click.option("--target", default="host", show_default=True,
               help="TVM target: host, rpi3, or a JSON target dict.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Output folder [default: BUILD/tuning, or <model>-tuning next to an ONNX model].")
+              help="Output folder [default: BUILD/tuning for a build folder, else <name>-tuning beside it].")
 @click.option("--trials", type=click.IntRange(min=0), default=0, show_default=True,
               help="MetaSchedule trials for the backbone, measured on the device (0: measure only).")
 @click.option("--corpus", type=click.IntRange(min=0), default=120, show_default=True,

@@ -72,6 +72,14 @@ def read_source(path) -> Source:
     return Source(kind, model, artifact / "combined.onnx", Strategy.load(artifact / "strategy.json"))
 
 
+def default_out_dir(source_path, kind: str) -> Path:
+    """``BUILD/tuning`` for a build folder, else ``<name>-tuning`` next to the artifact or model."""
+    path = Path(source_path)
+    if kind == "build":
+        return path / "tuning"
+    return path.parent / f"{path.stem if kind == 'onnx' else path.name}-tuning"
+
+
 def sample_strategies(costs, count: int, seed: int = 0) -> list:
     """``count`` strategies of distinct CPM structure, spread over the space (deterministic)."""
     seen, distinct = set(), []
@@ -189,14 +197,13 @@ def tune(source_path, out_dir=None, target=None, device: Device = LOCAL, *, tria
     if tee not in TEE_FLAVOUR:
         raise UsageError(f"--tee must be one of {', '.join(TEE_FLAVOUR)}, not {tee!r}")
     source = read_source(source_path)
-    if out_dir is None:
-        base = Path(source_path)
-        out_dir = base / "tuning" if source.kind == "build" else base.with_name(base.stem + "-tuning") \
-            if base.is_file() else base / "tuning"
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(source_path, source.kind)
     target = resolve_target(target)
+    if is_cross(target) and device.tracker is None:
+        raise UsageError(f"this machine cannot run code for {target_dict(target).get('mtriple')}: measure on "
+                         "such a device through an RPC tracker (--rpc-tracker HOST:PORT --rpc-key KEY)")
     device.check()
+    out_dir.mkdir(parents=True, exist_ok=True)
     say = (lambda m: print(f"[mirrornet tune] {m}", file=sys.stderr)) if progress else (lambda m: None)
     say(f"source: {source.kind} {source_path}; target {target_dict(target)}; device {device.name}")
 
