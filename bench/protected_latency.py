@@ -12,7 +12,8 @@ Per image, on real Fashion-MNIST test images:
   whole in TA    the DarkneTZ approach: the whole model as C (the same code generator), in the same
                  simulated TA, fed the image
 
-and the split of `protected` into transfer (round trip minus CPM) and CPM (the TA's clock). Every
+and the split of `protected` into transfer (round trip minus CPM) and CPM (the TA's clock), and the
+round trip of invokes sent back to back (no backbone in between: the simulator's own cost). Every
 figure is the smallest, over interleaved rounds, of the median per-image time of that round (the
 machine may be shared: rounds damp other processes' load). The Relax VM runs single-threaded
 (TVM_NUM_THREADS=1), like the TA: on a board the TA runs on the core that invoked it.
@@ -118,7 +119,7 @@ def bench_model(name: str, work: Path, x: np.ndarray, rounds: int, tune_trials: 
     backbone = Backbone(work / "build")
     images = [x[i:i + 1] for i in range(len(x))]
     flat = [im.reshape(-1) for im in images]
-    best = {k: float("inf") for k in ("original", "backbone", "protected", "whole", "transfer", "cpm")}
+    best = {k: float("inf") for k in ("original", "backbone", "protected", "whole", "transfer", "cpm", "trip")}
     with TeeSession(work / "build") as tee, TeeSession(work / "whole") as whole_tee:
         for _ in range(rounds):
             best["original"] = min(best["original"], _median_ns(
@@ -136,10 +137,13 @@ def bench_model(name: str, work: Path, x: np.ndarray, rounds: int, tune_trials: 
             best["transfer"] = min(best["transfer"], float(np.median([s[0] for s in split])))
             best["cpm"] = min(best["cpm"], float(np.median([s[1] for s in split])))
             best["whole"] = min(best["whole"], _median_ns(whole_tee.run, flat))
+            all_taps = [backbone.taps(im) for im in images]
+            best["trip"] = min(best["trip"], _median_ns(tee.run, all_taps))   # invokes back to back
         cpm_info = tee.info
     return {
         "model": name, "tap": strategy.taps[0], "tap_bytes": cpm_info.tap_bytes,
-        "cpm_weight_bytes": cpm_info.weight_bytes, "whole_weight_bytes": whole.weight_bytes,
+        "cpm_weight_bytes": cpm_info.weight_bytes, "cpm_arena_bytes": cpm_info.arena_bytes,
+        "whole_weight_bytes": whole.weight_bytes,
         "whole_arena_bytes": whole.arena_bytes,
         **{f"{k}_ms": v / 1e6 for k, v in best.items()},
         "protected_over_backbone": best["protected"] / best["backbone"],
@@ -174,18 +178,28 @@ def main(argv=None) -> int:
           f"images); {tuning}; CPM / whole-model C with default schedules; Relax VM single-threaded; "
           "TEE = host simulator")
     head = (f"{'model':<8}{'original':>10}{'backbone':>10}{'protected':>11}{'prot/bb':>9}{'target':>8}"
-            f"{'transfer':>10}{'CPM':>8}{'whole-TA':>10}{'whole/prot':>11}")
+            f"{'transfer':>10}{'CPM':>8}{'b2b trip':>10}{'whole-TA':>10}{'whole/prot':>11}")
     print(head)
     print("-" * len(head))
     for r in rows:
         ok = "met" if r["protected_over_backbone"] <= TARGET_RATIO else "NOT met"
         print(f"{r['model']:<8}{r['original_ms']:>10.3f}{r['backbone_ms']:>10.3f}{r['protected_ms']:>11.3f}"
               f"{r['protected_over_backbone']:>8.2f}x{ok:>8}{r['transfer_ms']:>10.3f}{r['cpm_ms']:>8.3f}"
+              f"{r['trip_ms']:>10.3f}"
               f"{r['whole_ms']:>10.3f}{r['whole_over_protected']:>10.1f}x")
+    print()
+    print("secure memory of the TA's data (weights + static arena), KiB")
+    print(f"{'model':<8}{'CPM':>10}{'whole model':>13}{'ratio':>8}")
+    for r in rows:
+        cpm = (r["cpm_weight_bytes"] + r["cpm_arena_bytes"]) / 1024
+        whole = (r["whole_weight_bytes"] + r["whole_arena_bytes"]) / 1024
+        print(f"{r['model']:<8}{cpm:>10.1f}{whole:>13.1f}{whole / cpm:>7.1f}x")
     print(f"target: protected <= {TARGET_RATIO:.2f}x backbone. whole-TA is the DarkneTZ approach (every layer "
           "in the TEE) with the same C code generator and simulated TA as the CPM; it runs on the same host "
           "core here, so it shows the code's speed, not a TEE's cost. transfer = simulator round trip "
-          "(two process wake-ups: sensitive to the machine's load, shown above)")
+          "minus CPM after the backbone ran; b2b trip = the same invoke repeated back to back. Both are "
+          "two process wake-ups: on a loaded machine (load average above) a wake-up after CPU-bound work "
+          "waits for other processes' time slices")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": {"platform": platform.platform(), "cpu": cpu_model(),
                                                             "cores": os.cpu_count()}, "rows": rows}, indent=2))
