@@ -235,10 +235,11 @@ def test_generate_strategies_space_and_budget(graphs):
 def test_auto_select_prefers_shallow_taps_within_the_flop_share(graphs):
     costs = generate_strategies(graphs["vgg"])
     pick = auto_select(costs, max_flop_share=0.05)
-    assert pick.flop_share <= 0.05 and len(pick.strategy.taps) == 1
+    assert pick.flop_share <= 0.05 and len(pick.strategy.taps) == 1 and pick.strategy.width_ratio >= 0.25
+    assert pick.strategy.name == "b2_maxpool-w4-add-logits-uniform"
     order = [t.name for t in candidate_taps(graphs["vgg"])]
     cheaper = [c for c in costs if len(c.strategy.taps) == 1 and c.flop_share <= 0.05
-               and c.strategy.output == "logits"]
+               and c.strategy.output == "logits" and c.strategy.width_ratio >= 0.25]
     assert min(order.index(c.strategy.taps[0]) for c in cheaper) == order.index(pick.strategy.taps[0])
     with pytest.raises(StrategyError, match="FLOPs"):
         auto_select(costs, max_flop_share=1e-6)

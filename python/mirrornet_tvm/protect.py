@@ -35,7 +35,7 @@ AUTO_FLOP_SHARE = 0.05
 ONNX_CHECK_IMAGES = 32
 ONNX_TOLERANCE = 1e-4
 AUTO_NOTE = ("chosen by secure memory and FLOPs alone (no performance emulator yet): the shallowest single "
-             "tap whose CPM completes the network within {share:.0%} of the model's FLOPs, widest first")
+             "tap whose CPM, at least 1/4 wide, completes the network within {share:.0%} of the model's FLOPs")
 # Issue targets the report checks each artifact against.
 TARGETS = {"authorized_drop_points": 1.0, "illegal_max": 0.15, "flop_share_max": 0.05,
            "secure_bytes_max": 1 << 20}
@@ -63,7 +63,7 @@ def choose_strategy(graph, strategy=None, auto: bool = False, budget_bytes: int 
             s = s.replace(degradation=degradation)
         return s, f"given ({strategy if not isinstance(strategy, Strategy) else 'by the caller'})"
     costs = generate_strategies(graph, budget_bytes)
-    pick = auto_select(costs, max_flop_share=AUTO_FLOP_SHARE, degradation=degradation or "adversarial")
+    pick = auto_select(costs, max_flop_share=AUTO_FLOP_SHARE, degradation=degradation or "uniform")
     return pick.strategy, "auto: " + AUTO_NOTE.format(share=AUTO_FLOP_SHARE)
 
 
@@ -129,8 +129,10 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
     backbone = strip_softmax(GraphNet.from_onnx(model.proto))
     net = MirrorNet(backbone, s)
     out.mkdir(parents=True, exist_ok=True)
+    lr_bb = config.backbone_lr(s)
     _say(progress, f"joint training: {len(x_train)} images, {config.epochs} epoch(s), seed {config.seed}, "
-                   f"{threads} thread(s), degradation {s.degradation}, tail {config.tail}")
+                   f"{threads} thread(s), degradation {s.degradation}, tail {config.tail}, backbone "
+                   + (f"lr {lr_bb:g}" if lr_bb else "frozen before the last tap"))
     result = train_joint(net, x_train, y_train, config, teacher=original if config.distill > 0 else None,
                          checkpoint=ckpt, resume=resume, progress=progress)
     acc = evaluate_mirrornet(net, x_test, y_test)
@@ -161,6 +163,7 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
         "strategy": s.to_dict(),
         "strategy_selection": how,
         "training": {"config": config.to_dict(), "seed": config.seed, "epochs": config.epochs,
+                     "lr_backbone": config.backbone_lr(s),
                      "threads": threads, "history": result.to_dict()["epochs"],
                      "resumed_from_epoch": result.resumed_from, "seconds": result.seconds},
         "onnx_check": {"images": min(ONNX_CHECK_IMAGES, len(x_test)), "max_abs_diff": diff},

@@ -270,20 +270,23 @@ def generate_strategies(model, budget_bytes: int | None = DEFAULT_BUDGET_BYTES, 
     return kept
 
 
-def auto_select(costs: list[CpmCost], *, max_flop_share: float = 0.05,
-                degradation: str = "adversarial") -> CpmCost:
+def auto_select(costs: list[CpmCost], *, max_flop_share: float = 0.05, min_width: float = 0.25,
+                degradation: str = "uniform") -> CpmCost:
     """Pick a strategy by secure memory and FLOPs alone (no latency model, no accuracy model).
 
     Rule: among single-tap strategies whose CPM completes the network (``output == "logits"``) with the
-    given degradation and at most ``max_flop_share`` of the model's FLOPs, take the one with the
-    shallowest tap (the less of the network the normal world holds in useful form, the less a thief
-    gets), then the widest CPM that still fits (accuracy), then the least secure memory.
+    given degradation, at least ``min_width`` wide and at most ``max_flop_share`` of the model's FLOPs,
+    take the one with the shallowest tap (the less of the network the normal world holds, the less a
+    thief gets), then the widest CPM (accuracy), then the least secure memory. ``min_width`` keeps the
+    CPM wide enough to reach the original accuracy: 1/8-wide mirrors of the zoo models lost several
+    points where 1/4-wide ones came within about one.
     """
     pool = [c for c in costs if len(c.strategy.taps) == 1 and c.strategy.output == "logits"
-            and c.strategy.degradation == degradation and c.flop_share <= max_flop_share]
+            and c.strategy.degradation == degradation and c.flop_share <= max_flop_share
+            and c.strategy.width_ratio >= min_width - 1e-9]
     if not pool:
-        raise StrategyError(f"no single-tap strategy within {max_flop_share:.0%} of the model's FLOPs "
-                            "fits the secure-memory budget; raise --budget-kib or give --strategy")
+        raise StrategyError(f"no single-tap strategy of width >= {min_width:g} within {max_flop_share:.0%} of the "
+                            "model's FLOPs fits the secure-memory budget; raise --budget-kib or give --strategy")
     order = {}
     for c in costs:
         order.setdefault(c.strategy.taps[0], len(order))

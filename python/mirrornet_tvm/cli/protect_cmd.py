@@ -38,7 +38,8 @@ def _command_line() -> str:
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
 @click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
 @click.option("--lr-cpm", type=float, default=_D.lr_cpm, show_default=True)
-@click.option("--lr-backbone", type=float, default=_D.lr_backbone, show_default=True)
+@click.option("--lr-backbone", type=float, default=None,
+              help="Backbone learning rate (default: frozen for uniform with --tail reinit, else 5e-4).")
 @click.option("--lam", type=float, default=_D.lam, show_default=True,
               help="Weight of the backbone's uniform-prediction term.")
 @click.option("--adv", type=float, default=_D.adv, show_default=True,

@@ -39,7 +39,8 @@ def format_report(m: dict, where: str = "") -> str:
         cfg = tr.get("config", {})
         lines += ["",
                   f"  training    {tr.get('epochs')} epoch(s), seed {tr.get('seed')}, {tr.get('seconds', 0):.0f} s, "
-                  f"tail {cfg.get('tail')}, lam {cfg.get('lam')}, adv {cfg.get('adv')}, distill {cfg.get('distill')}"
+                  f"tail {cfg.get('tail')}, backbone lr {tr.get('lr_backbone', cfg.get('lr_backbone'))}, "
+                  f"lam {cfg.get('lam')}, adv {cfg.get('adv')}, distill {cfg.get('distill')}"
                   + (f", resumed after epoch {tr['resumed_from_epoch']}" if tr.get("resumed_from_epoch") else "")]
     targets = m.get("targets")
     if targets:
