@@ -9,3 +9,6 @@ cflags-y += -fno-math-errno
 # kernels, our own fmaxf/expf...): silence those dev kit warnings for that file only.
 cflags-cpm/mirrornet_cpm.c-y += -Wno-missing-prototypes -Wno-missing-declarations -Wno-unused-parameter
 cflags-cpm/mirrornet_cpm.c-y += -Wno-float-equal -Wno-shadow
+# The dev kit builds with -Os, which keeps gcc from vectorising the CPM's register-tiled kernels
+# (about 2.3x slower measured on the host): build the CPM itself at -O2.
+cflags-cpm/mirrornet_cpm.c-y += -O2
