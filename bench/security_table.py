@@ -36,10 +36,8 @@ sys.path.insert(0, str(ROOT / "python"))
 
 DATASET = "fashion-mnist"
 DEGRADATIONS = ("uniform", "adversarial")
-FULL = dict(models=("lenet", "vgg", "resnet"), budgets=(0.001, 0.01, 0.1), seeds=(0, 1, 2),
-            variants=("default", "deeper", "wider"))
-QUICK = dict(models=("lenet",), budgets=(0.001, 0.01), seeds=(0, 1, 2), variants=("default", "deeper", "wider"))
-VARIANTS = ("default", "deeper", "wider", "narrower")
+FULL = dict(models=("lenet", "vgg", "resnet"), budgets=(0.001, 0.01, 0.1), seeds=(0, 1, 2), sweeps=("taps", "widths"))
+QUICK = dict(models=("lenet",), budgets=(0.001, 0.01), seeds=(0, 1, 2), sweeps=("taps",))
 TARGET = {"ratio": 1.05, "ratio_budgets": (0.001, 0.01), "gap": 0.25, "authorized_points": 1.0, "flop_share": 0.10}
 
 
@@ -74,34 +72,103 @@ def base_model(out: Path, model: str) -> Path:
     return path
 
 
-def strategies(base: Path, degradation: str, variants) -> dict:
-    """variant -> Strategy: the --auto default, the same CPM from the next deeper stage tap, the widest CPM at
-    the default tap under the target's 10% of FLOPs, the next narrower CPM (each only when it differs)."""
-    from mirrornet_tvm.analysis import candidate_taps
+def _graph(base: Path):
     from mirrornet_tvm.frontend import load_model
     from mirrornet_tvm.mirror import strip_softmax
-    from mirrornet_tvm.protect import AUTO_FLOP_SHARE
-    from mirrornet_tvm.strategy import WIDTH_RATIOS, auto_select, cpm_cost, generate_strategies
 
-    graph = strip_softmax(load_model(base).graph())
-    costs = generate_strategies(graph)
-    default = auto_select(costs, max_flop_share=AUTO_FLOP_SHARE, degradation=degradation).strategy
-    out = {"default": default}
-    taps = [t.name for t in candidate_taps(graph)]
-    stages = [t.name for t in candidate_taps(graph) if t.op in ("MaxPool", "AveragePool", "Add")] or taps
-    deeper = [t for t in stages if taps.index(t) > taps.index(default.taps[0])]
-    if "deeper" in variants and deeper:
-        out["deeper"] = default.replace(taps=(deeper[0],))
-    wider = [w for w in WIDTH_RATIOS if w > default.width_ratio
-             and cpm_cost(default.replace(width_ratio=w), graph).flop_share < TARGET["flop_share"]]
-    if "wider" in variants and wider:
-        out["wider"] = default.replace(width_ratio=wider[-1])
-    narrower = [w for w in WIDTH_RATIOS if w < default.width_ratio]
-    if "narrower" in variants and narrower:
-        s = default.replace(width_ratio=narrower[-1])
-        if cpm_cost(s, graph).cpm_params != cpm_cost(default, graph).cpm_params:   # not clamped to the same CPM
-            out["narrower"] = s
-    return {k: v for k, v in out.items() if k in variants}
+    return strip_softmax(load_model(base).graph())
+
+
+def auto_default(graph, degradation: str):
+    """What `mirrornet protect --auto --degradation D` picks for this model now."""
+    from mirrornet_tvm.protect import AUTO_FLOP_SHARE
+    from mirrornet_tvm.strategy import auto_select, generate_strategies
+
+    return auto_select(generate_strategies(graph), max_flop_share=AUTO_FLOP_SHARE, degradation=degradation).strategy
+
+
+def sweep(graph, degradation: str, sweeps) -> list:
+    """(variant, Strategy), the --auto default first: 'taps' = every stage tap (pooling or residual add output)
+    shallow to deep with the widest CPM under the target's 10% of FLOPs; 'widths' = every other width at the
+    default's tap under 10% of FLOPs (widths that clamp to the same CPM are skipped)."""
+    from mirrornet_tvm.analysis import candidate_taps
+    from mirrornet_tvm.strategy import WIDTH_RATIOS, cpm_cost
+
+    default = auto_default(graph, degradation)
+    out = [("default (--auto)", default)]
+    seen = {default.name}
+
+    def share(s):
+        return cpm_cost(s, graph).flop_share
+
+    if "taps" in sweeps:
+        for t in candidate_taps(graph):
+            if t.op not in ("MaxPool", "AveragePool", "GlobalAveragePool", "Add") or t.name == default.taps[0]:
+                continue
+            fits = [w for w in WIDTH_RATIOS if share(default.replace(taps=(t.name,), width_ratio=w)) < TARGET["flop_share"]]
+            if fits:
+                s = default.replace(taps=(t.name,), width_ratio=fits[-1])
+                if s.name not in seen:
+                    out.append(("tap sweep", s))
+                    seen.add(s.name)
+    if "widths" in sweeps:
+        params = {cpm_cost(default, graph).cpm_params}
+        for w in sorted(WIDTH_RATIOS, reverse=True):
+            s = default.replace(width_ratio=w)
+            c = cpm_cost(s, graph)
+            if s.name in seen or c.flop_share >= TARGET["flop_share"] or c.cpm_params in params:
+                continue
+            out.append(("width sweep", s))
+            seen.add(s.name)
+            params.add(c.cpm_params)
+    return out
+
+
+def load_plan(out: Path, models, degradations, sweeps, table_only: bool) -> list:
+    """The strategies to protect and attack, as [(model, degradation, variant, Strategy)].
+
+    Kept in OUT/plan.json so a rerun attacks the same strategies even when `--auto` has changed since; the
+    current sweep is merged in (new strategies appended), and artifacts already in OUT from earlier runs
+    are kept as 'earlier run'. Entries whose model is not in ``models`` are left out of this run.
+    """
+    from mirrornet_tvm.strategy import Strategy
+    from mirrornet_tvm.util import read_json, write_json
+
+    path = out / "plan.json"
+    entries = read_json(path)["entries"] if path.is_file() else []
+    names = {(e["model"], e["strategy"]["name"]) for e in entries}
+
+    def add(model, d, variant, s):
+        if (model, s.name) not in names:
+            entries.append({"model": model, "degradation": d, "variant": variant, "strategy": s.to_dict()})
+            names.add((model, s.name))
+
+    for model in models:
+        base = out / "models" / f"{model}.onnx"
+        if not table_only or base.is_file():
+            graph = _graph(base if table_only else base_model(out, model))
+            for d in degradations:
+                for variant, s in sweep(graph, d, sweeps):
+                    add(model, d, variant, s)
+        for sfile in sorted((out / "artifacts" / model).glob("*/strategy.json")):
+            s = Strategy.load(sfile)
+            add(model, s.degradation, "earlier run", s)
+    if not table_only:
+        write_json(path, {"generated_by": "bench/security_table.py: strategies protected and attacked",
+                          "entries": entries})
+    return [(e["model"], e["degradation"], e["variant"], Strategy.from_dict(e["strategy"])) for e in entries
+            if e["model"] in models and e["degradation"] in degradations]
+
+
+def current_defaults(out: Path, models, degradations) -> set:
+    """(model, strategy name) of what --auto picks now, for each model with a base model."""
+    found = set()
+    for model in models:
+        base = out / "models" / f"{model}.onnx"
+        if base.is_file():
+            graph = _graph(base)
+            found |= {(model, auto_default(graph, d).name) for d in degradations}
+    return found
 
 
 def artifact(out: Path, model: str, base: Path, strategy, args) -> Path:
@@ -213,9 +280,9 @@ def table_rows(out: Path, plan, budgets, seeds) -> list:
 def target_check(rows) -> list:
     """Issue target, per protected model with the default strategy."""
     lines = []
-    for key in sorted({(r["model"], r["degradation"]) for r in rows if r.get("variant") == "default"}):
-        mine = [r for r in rows if (r["model"], r["degradation"]) == key and r.get("variant") == "default"
-                and "ratio" in r]
+    is_default = lambda r: r.get("variant", "").startswith("default")  # noqa: E731
+    for key in sorted({(r["model"], r["degradation"]) for r in rows if is_default(r)}):
+        mine = [r for r in rows if (r["model"], r["degradation"]) == key and is_default(r) and "ratio" in r]
         if not mine:
             lines.append(f"  {key[0]} / {key[1]}: not measured yet")
             continue
@@ -240,14 +307,14 @@ def target_check(rows) -> list:
 
 
 def format_table(rows, seeds) -> str:
-    head = (f"| model | objective | strategy (taps, width) | CPM FLOPs | secure KiB | original | authorized | illegal "
-            f"| budget | best attack | stolen | black-box | white-box | x black-box | gap closed | verdict |")
+    head = ("| model | objective | strategy (taps, width) | CPM FLOPs | secure KiB | original | authorized | illegal "
+            "| budget | best attack | stolen | black-box | white-box | x black-box | gap closed | verdict |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if "budget" not in r:
             lines.append(f"| {r['model']} | {r['degradation']} | {r['strategy']} | | | | | | | {r['status']} | | | | | | |")
             continue
-        strat = f"{'+'.join(r['taps'])}, 1/{round(1 / r['width'])} ({r['variant']})"
+        strat = f"{'+'.join(r['taps'])}, 1/{round(1 / r['width'])}, {r['variant']}"
         common = (f"| {r['model']} | {r['degradation']} | {strat} | {100 * r['flop_share']:.2f}% | {r['secure_kib']:.1f} "
                   f"| {100 * r['original']:.2f}% | {100 * r['authorized']:.2f}% | {100 * r['illegal']:.2f}% "
                   f"| {r['budget_label']} ")
@@ -278,7 +345,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", help="comma-separated zoo models (default: all, or lenet with --quick)")
     ap.add_argument("--budgets", type=_floats, help="comma-separated budgets (fractions of the training split)")
     ap.add_argument("--seeds", help="comma-separated attack seeds (default 0,1,2)")
-    ap.add_argument("--variants", help="comma-separated strategy variants: default, deeper, wider, narrower")
+    ap.add_argument("--variants", help="comma-separated: default (the --auto pick, always included), taps (a sweep "
+                                       "of taps shallow to deep), widths (a sweep of CPM widths) "
+                                       "[default: all, or default,taps with --quick]")
     ap.add_argument("--degradations", default=",".join(DEGRADATIONS))
     ap.add_argument("--lrs", type=_floats, default=None, help="learning rates of every attack "
                                                                "(default: mirrornet attack's)")
@@ -297,7 +366,10 @@ def main(argv=None) -> int:
     models = args.models.split(",") if args.models else grid["models"]
     budgets = args.budgets or grid["budgets"]
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else grid["seeds"]
-    variants = tuple(args.variants.split(",")) if args.variants else grid["variants"]
+    sweeps = tuple(v for v in args.variants.split(",") if v != "default") if args.variants else grid["sweeps"]
+    if set(sweeps) - {"taps", "widths"}:
+        ap.error(f"--variants: unknown {', '.join(sorted(set(sweeps) - {'taps', 'widths'}))}; "
+                 "choose from default, taps, widths")
     degradations = tuple(args.degradations.split(","))
     args.lrs = args.lrs or DEFAULT_LRS
     set_threads(args.threads)
@@ -307,39 +379,31 @@ def main(argv=None) -> int:
     def out_of_time() -> bool:
         return args.max_minutes is not None and (time.perf_counter() - t0) / 60 > args.max_minutes
 
-    # The plan: (model, degradation, variant, strategy); base models are needed to know the strategies.
-    plan = []
-    for model in models:
-        path = out / "models" / f"{model}.onnx"
-        if args.table_only and not path.is_file():
-            continue
-        if not args.table_only and not path.is_file() and out_of_time():
-            continue
-        base = path if args.table_only else base_model(out, model)
-        for d in degradations:
-            for variant, s in strategies(base, d, variants).items():
-                plan.append((model, d, variant, s))
+    # The plan: (model, degradation, variant, strategy), kept in OUT/plan.json; what --auto picks now goes first.
+    plan = load_plan(out, models, degradations, sweeps, args.table_only)
+    defaults = current_defaults(out, models, degradations)
+    plan = [(m, d, "default (--auto)" if (m, s.name) in defaults else
+             ("earlier --auto pick" if v.startswith("default") else v), s) for m, d, v, s in plan]
 
     if not args.table_only:
-        # Protect every artifact first (default strategies first), then attack: small budgets first.
-        order = sorted(plan, key=lambda p: (VARIANTS.index(p[2]), models.index(p[0])))
-        for model, d, variant, s in order:
-            if out_of_time():
-                say("time limit reached: not starting more protection runs")
-                break
-            artifact(out, model, out / "models" / f"{model}.onnx", s, args)
-        for b in budgets:
-            for model, d, variant, s in order:
-                art = out / "artifacts" / model / s.name
-                if not (art / "metrics.json").is_file():
-                    continue
-                for seed in seeds:
-                    if cell_path(art, b, seed).is_file():
-                        continue
-                    if out_of_time():
-                        break
-                    say(f"attacking {model} {s.name} at budget {b} with seed {seed}")
-                    run_cell(art, b, seed, out, args)
+        # The current defaults first (protect, then attack, small budgets first), then the sweeps.
+        defaults_first = [[p for p in plan if p[2].startswith("default")],
+                          [p for p in plan if not p[2].startswith("default")]]
+        for group in defaults_first:
+            for model, d, variant, s in group:
+                if out_of_time():
+                    break
+                artifact(out, model, out / "models" / f"{model}.onnx", s, args)
+            for b in budgets:
+                for model, d, variant, s in group:
+                    art = out / "artifacts" / model / s.name
+                    for seed in seeds:
+                        if not (art / "metrics.json").is_file() or cell_path(art, b, seed).is_file() or out_of_time():
+                            continue
+                        say(f"attacking {model} {s.name} at budget {b} with seed {seed}")
+                        run_cell(art, b, seed, out, args)
+        if out_of_time():
+            say("time limit reached: the table shows what is done")
 
     rows = table_rows(out, plan, budgets, seeds)
     cmd = " ".join(shlex.quote(a) for a in ["bench/security_table.py", *(argv if argv is not None else sys.argv[1:])])

@@ -1,6 +1,5 @@
 """Security evaluation: `mirrornet attack` on a tiny artifact, the arithmetic of the verdict, the thief's data."""
 import json
-import math
 import shutil
 
 import numpy as np

@@ -164,6 +164,10 @@ def evaluate(victim: Victim, dataset: str, config: AttackConfig = AttackConfig()
     x_train, y_train, x_test, y_test = _load_data(dataset, victim, config)
     pool = disjoint_pool(x_train, x_test)
     samples = {b: budget_samples(b, len(x_train)) for b in config.budgets}
+    unknown = [t for t in (probe_taps or ()) if t not in victim.taps]
+    if unknown:
+        raise UsageError(f"cannot probe {', '.join(unknown)}: the thief sees only the strategy's taps "
+                         f"({', '.join(victim.taps)})")
     taps = dict(victim.taps) if probe_taps is None else {t: victim.taps[t] for t in probe_taps}
     if not config.probes:
         taps = {}
