@@ -100,6 +100,12 @@ def test_reinit_tail_freezes_layers_after_the_last_tap(trained_lenet, small):
         w = net.backbone.layers[k].weight
         assert not w.requires_grad
         assert not torch.equal(w, before[k])
+    assert torch.count_nonzero(net.backbone.layers[keys[-1]].weight) == 0       # the logits layer is zeroed
+    assert torch.count_nonzero(net.backbone.layers[keys[0]].weight) > 0         # the others are random
+    with torch.no_grad():
+        _, bl, _ = net(torch.from_numpy(x[:8]))
+    assert torch.allclose(bl, bl[:1].expand_as(bl))        # the backbone alone predicts the same for all
+    assert torch.allclose(torch.softmax(bl, 1), torch.full_like(bl, 0.1))
     with pytest.raises(StrategyError, match="needs output 'logits'"):
         train_joint(_net(trained_lenet, Strategy(("b3_maxpool",), 0.5, output="correction")), x[:64], y[:64],
                     JointConfig(epochs=1, tail="reinit"), progress=False)
