@@ -1,6 +1,5 @@
 """The mirrored branch: plan structure, export to one ONNX graph, runtimes agree, memory accounting."""
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch

@@ -252,12 +252,12 @@ class _Builder:
             shape = (1, cout) + tuple(bshape[2:])
             k = int(np.prod(a["kernel_shape"]))
             attrs = {k_: v for k_, v in a.items()}
-            attrs.update(in_channels=cin, out_channels=cout, group=g2, bn_source=bn, init_from=n.name)
+            attrs.update(in_channels=cin, out_channels=cout, group=g2, bn_source=bn, init_from=n.name,
+                         sel_in=sel_in)
             sel_out = tuple(range(cout)) if group == 1 else sel_in
             out = self.emit(key, "Conv", "mirror", n.name, [x], shape, attrs,
                             cout * (cin // g2) * k + cout, 2 * _numel(shape) * (cin // g2) * k,
                             sel=sel_out)
-            self.sel[out + ":in"] = sel_in
         elif op == "BatchNormalization":
             out = self.emit(key, op, "mirror", n.name, [x], xs, dict(n.attrs, init_from=n.name),
                             4 * xs[1], 2 * _numel(xs), sel=sel_in)
@@ -301,9 +301,8 @@ class _Builder:
             fout = bshape[1] if bout == self.final else self.scale(bshape[1])
             sel_out = tuple(range(fout))
             out = self.emit(key, "Gemm", "mirror", n.name, [x], (1, fout),
-                            {"in_channels": fin, "out_channels": fout, "init_from": n.name},
+                            {"in_channels": fin, "out_channels": fout, "init_from": n.name, "sel_in": sel_in},
                             fin * fout + fout, 2 * fin * fout, sel=sel_out)
-            self.sel[out + ":in"] = sel_in
         else:
             raise StrategyError(f"cannot mirror op {op} (node '{n.name}')")
         self.mt[bout] = out
@@ -340,7 +339,7 @@ def plan_cpm(graph: GraphNet, strategy: Strategy, *, taps: dict | None = None,
         out = b.emit("correct", "Add", "correct", "backbone_logits", [out, "backbone_logits"],
                      (1, num_classes), flops=num_classes)
     ops = tuple(CpmOp(op.key, op.op, op.role, op.source, op.inputs, op.output, op.shape,
-                      dict(op.attrs, sel_out=b.sel.get(op.output), sel_in=b.sel.get(op.output + ":in")),
+                      dict(op.attrs, sel_out=b.sel.get(op.output)),
                       op.params, op.flops) for op in b.ops)
     return CpmPlan(strategy, tuple(inputs), tuple(tensors), final, ops, out, int(num_classes))
 

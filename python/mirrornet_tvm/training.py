@@ -16,8 +16,8 @@ teacher), which helps a narrow CPM reach the original accuracy.
 The backbone's layers after the last tap serve no authorised purpose when the CPM completes the network
 (``output == "logits"``). ``tail="reinit"`` (the default) re-initialises them randomly and freezes them,
 zeroing the layer that produces the logits, so the stolen backbone's head holds nothing learned from the
-task and its own prediction is exactly uniform by construction; the uniform term then has nothing to act on and is skipped, and the backbone is run only
-as far as its last tap. ``tail="train"`` keeps the tail and trains it with the uniform term (the
+task and its own prediction is exactly uniform by construction; the uniform term then has nothing to act
+on and is skipped, and the backbone is run only as far as its last tap. ``tail="train"`` keeps the tail and trains it with the uniform term (the
 original MirrorNet recipe, whose damage a thief can fine-tune away). The backbone's layers before the
 last tap are fine-tuned with ``lr_backbone``; by default they stay frozen for ``uniform`` with a
 re-initialised tail (nothing in the loss asks them to change, and training is several times faster) and
