@@ -102,7 +102,7 @@ def run_model(name: str, args, records: Path, work: Path, target) -> dict:
     rng = np.random.default_rng(args.seed)
     shape = tuple(int(d) for d in model.input_shape)
     x = rng.random((args.images,) + shape[1:], dtype=np.float32)
-    timings = measure_strategies(model, picked, work / name, x, target=target)
+    timings = measure_strategies(model, picked, work / name, x, target=target, rounds=args.rounds)
     measured = {t.name: t for t in timings}
 
     # calibration on the calibration set
@@ -169,7 +169,8 @@ def main(argv=None):
     p.add_argument("--calibration", type=int, default=6, help="strategies to calibrate on")
     p.add_argument("--heldout", type=int, default=16, help="held-out strategies")
     p.add_argument("--corpus", type=int, default=150, help="random corpus kernels")
-    p.add_argument("--images", type=int, default=40, help="images per protected run")
+    p.add_argument("--images", type=int, default=60, help="images per protected run")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds over all strategies")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="lenet only, fewer strategies and kernels")
     p.add_argument("--work", default=str(ROOT / "out" / "bench" / "emulator"),
@@ -177,7 +178,7 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.quick:
-        args.models, args.calibration, args.heldout, args.corpus = "lenet", 4, 6, 60
+        args.models, args.calibration, args.heldout, args.corpus, args.rounds = "lenet", 4, 6, 60, 3
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     target = host_target()

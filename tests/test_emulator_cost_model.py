@@ -104,27 +104,50 @@ def test_target_key_is_canonical():
         resolve_target("not-a-target")
 
 
-def test_calibration_fit_recovers_a_known_law(tmp_path):
-    rng = np.random.default_rng(0)
-    samples = []
-    for i in range(8):
-        bp, bc, bb = rng.uniform(1e-3, 5e-3), int(rng.integers(3, 12)), int(rng.integers(1, 80)) * 1024
+def _samples(rng, n, backbone=(1e-3, 5e-3), noise=0.0):
+    transfer = cal_mod.Transfer(per_invoke=30e-6, per_byte=1e-9)
+    out = []
+    for i in range(n):
+        bp, bc, bb = rng.uniform(*backbone), int(rng.integers(3, 12)), int(rng.integers(1, 80)) * 1024
         cp, cc, tin = rng.uniform(1e-5, 5e-4), int(rng.integers(2, 10)), int(rng.integers(1, 900)) * 1024
-        transfer = cal_mod.Transfer(per_invoke=30e-6, per_byte=1e-9)
-        samples.append(cal_mod.Sample(
+        out.append(cal_mod.Sample(
             f"s{i}", bp, bc, bb, cp, cc, tin, 40,
-            backbone_measured=1.1 * bp + 2e-6 * bc + 1e-9 * bb + 50e-6,
+            backbone_measured=(1.1 * bp + 2e-6 * bc + 1e-9 * bb + 20e-6) * (1 + noise * rng.standard_normal()),
             cpm_measured=1.5 * cp + 1e-6 * cc,
             transfer_measured=transfer(tin, 40)))
-    cal = cal_mod.fit(samples)
-    assert cal.backbone.scale == pytest.approx(1.1, rel=1e-3)
-    assert cal.cpm.scale == pytest.approx(1.5, rel=1e-3)
+    return out
+
+
+def _predict(cal, s):
+    return (cal.backbone(s.backbone_predicted, s.backbone_calls, s.backbone_out_bytes)
+            + cal.cpm(s.cpm_predicted, s.cpm_calls) + cal.transfer(s.tee_in_bytes, s.tee_out_bytes))
+
+
+def test_calibration_fit_predicts_unseen_runs(tmp_path):
+    rng = np.random.default_rng(0)
+    cal = cal_mod.fit(_samples(rng, 8))
+    assert cal.backbone.scale == pytest.approx(1.1, rel=0.05)
+    assert cal.cpm.scale == pytest.approx(1.5, rel=0.1)
     assert cal.transfer.per_invoke == pytest.approx(30e-6, rel=1e-3)
     assert cal.transfer.per_byte == pytest.approx(1e-9, rel=1e-3)
+    for s in _samples(rng, 20):
+        truth = s.backbone_measured + s.cpm_measured + s.transfer_measured
+        assert _predict(cal, s) == pytest.approx(truth, rel=0.03)
     cal.save(tmp_path / "cal.json")
     assert cal_mod.Calibration.load(tmp_path / "cal.json") == cal
     with pytest.raises(UsageError, match="at least 3"):
-        cal_mod.fit(samples[:2])
+        cal_mod.fit(_samples(rng, 2))
+
+
+def test_calibration_on_similar_runs_still_scales_to_small_ones():
+    """Calibrating only on strategies that run (almost) the whole backbone must not turn the backbone
+    into a constant: a strategy that runs a tenth of it is still predicted near a tenth."""
+    rng = np.random.default_rng(1)
+    cal = cal_mod.fit(_samples(rng, 6, backbone=(17.5e-3, 17.8e-3), noise=0.01))  # 1% timing noise
+    small = _samples(rng, 5, backbone=(1.5e-3, 2e-3))
+    for s in small:
+        truth = s.backbone_measured + s.cpm_measured + s.transfer_measured
+        assert _predict(cal, s) == pytest.approx(truth, rel=0.15)
 
 
 def test_invokes_split_large_taps():

@@ -3,12 +3,17 @@
 Kernel timings leave out what only a whole run shows: the Relax VM's per-call overhead and the
 copy of the taps back to the host, the TA's own work around the CPM, the TEE's slowdown of the same
 C code (secure-world caches, the TA's build flags), and the transfer (world switches per invoke and
-the bytes copied into and out of the TEE). Each stage gets a small linear model, fitted with
-non-negative least squares on protected runs of a few strategies (:func:`fit`):
+the bytes copied into and out of the TEE). Each stage gets a small linear model, fitted on protected
+runs of a few strategies (:func:`fit`):
 
     backbone = scale * sum(kernel predictions) + per_kernel * calls + per_byte * tap bytes + fixed
     cpm      = scale * sum(kernel predictions) + per_kernel * calls + fixed
     transfer = per_invoke * invokes + per_byte * bytes moved
+
+The scale comes first, as the least-squares ratio of measured to predicted time through the origin,
+and the overhead terms are then fitted (non-negative) to what is left. A joint fit is ill-posed when
+the calibration strategies happen to run similar backbones: it can then explain every run by a
+constant and predict that constant for a strategy that runs a tenth of the backbone.
 
 An uncalibrated model (:data:`IDENTITY`) uses the kernel sums as they are and no transfer cost.
 """
@@ -113,6 +118,15 @@ class Sample:
         return asdict(self)
 
 
+def _scale_then_overheads(predicted: np.ndarray, columns: list[np.ndarray], y: np.ndarray):
+    """(scale, overhead coefficients): the ratio through the origin, then NNLS on the remainder."""
+    denom = float(np.dot(predicted, predicted))
+    scale = float(np.dot(predicted, y) / denom) if denom > 0 else 1.0
+    if not columns:
+        return scale, np.zeros(0)
+    return scale, _nnls(columns, y - scale * predicted)
+
+
 def _nnls(columns: list[np.ndarray], y: np.ndarray) -> np.ndarray:
     from scipy.optimize import nnls
 
@@ -131,14 +145,14 @@ def fit(samples, tee: str = "sim", shm_limit: int = DEFAULT_SHM_LIMIT, source: s
         raise UsageError(f"calibration needs protected runs of at least 3 strategies, got {len(samples)}")
     col = lambda attr: np.array([float(getattr(s, attr)) for s in samples])  # noqa: E731
     ones = np.ones(len(samples))
-    b = _nnls([col("backbone_predicted"), col("backbone_calls"), col("backbone_out_bytes"), ones],
-              col("backbone_measured"))
-    c = _nnls([col("cpm_predicted"), col("cpm_calls"), ones], col("cpm_measured"))
+    b_scale, b = _scale_then_overheads(col("backbone_predicted"), [col("backbone_calls"), col("backbone_out_bytes"),
+                                                                  ones], col("backbone_measured"))
+    c_scale, c = _scale_then_overheads(col("cpm_predicted"), [col("cpm_calls"), ones], col("cpm_measured"))
     transfer = Transfer(shm_limit=shm_limit)
     invokes = np.array([transfer.invokes(s.tee_in_bytes) for s in samples], dtype=float)
     t = _nnls([invokes, col("tee_in_bytes") + col("tee_out_bytes")], col("transfer_measured"))
     return Calibration(
-        backbone=Stage(scale=float(b[0]), per_kernel=float(b[1]), per_byte=float(b[2]), fixed=float(b[3])),
-        cpm=Stage(scale=float(c[0]), per_kernel=float(c[1]), fixed=float(c[2])),
+        backbone=Stage(scale=b_scale, per_kernel=float(b[0]), per_byte=float(b[1]), fixed=float(b[2])),
+        cpm=Stage(scale=c_scale, per_kernel=float(c[0]), fixed=float(c[1])),
         transfer=Transfer(per_invoke=float(t[0]), per_byte=float(t[1]), shm_limit=shm_limit),
         tee=tee, source=source or f"fitted on {len(samples)} protected runs ({tee})", samples=len(samples))
