@@ -322,15 +322,29 @@ class _TrialProgress(ms.measure_callback.PyMeasureCallback):
         self.bar.update(len(measure_candidates))
 
 
+def prepare_metaschedule_logging() -> None:
+    """Make MetaSchedule's logger ready for another tuning run in this process.
+
+    MetaSchedule (re)configures its logger with ``logging.config.dictConfig`` on every run and refers
+    to the handlers already attached by name; a handler without a name (attached by anything else in
+    the process) makes that configuration fail with ``'NoneType' object has no attribute 'format'``.
+    Such handlers are detached here. The console level defaults to WARNING so stdout stays ours.
+    """
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(ms_logger.handlers):
+        if handler.get_name() is None:
+            ms_logger.removeHandler(handler)
+    if ms_logger.level == logging.NOTSET:
+        ms_logger.setLevel(logging.WARNING)
+
+
 def _tune(lowered: tvm.IRModule, target: tvm.target.Target, db, work_dir: Path, trials: int, log) -> None:
     tasks = ms.relax_integration.extract_tasks(lowered, target)
     if not tasks:
         return
     # MetaSchedule logs every step to stdout (and to work_dir/logs); keep stdout for our own output
     # and show a progress bar on stderr instead. The log files keep everything.
-    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-    if ms_logger.level == logging.NOTSET:
-        ms_logger.setLevel(logging.WARNING)
+    prepare_metaschedule_logging()
     # A population far beyond what the budget can measure only costs time (MetaSchedule's default of
     # 512 candidates takes minutes per kernel on a loaded machine for a handful of trials).
     population = max(32, min(512, 8 * trials))

@@ -121,7 +121,7 @@ def tune_backbone(source: Source, target, device: Device, db_dir: Path, trials: 
     """MetaSchedule-tune the backbone's kernels, measuring on ``device``; returns records added."""
     from tvm.s_tir import meta_schedule as ms
 
-    from ..build import BUILDER_TIMEOUT_SEC, _Ledger, _workload_key, open_database, resolve_target as build_target
+    from ..build import BUILDER_TIMEOUT_SEC, prepare_metaschedule_logging, _Ledger, _workload_key, open_database, resolve_target as build_target
 
     spec = build_target(target_dict(target))
     lowered = _backbone_module(source, spec.target)
@@ -134,6 +134,7 @@ def tune_backbone(source: Source, target, device: Device, db_dir: Path, trials: 
     population = max(32, min(512, 8 * trials))
     strategy = ms.search_strategy.EvolutionarySearch(population_size=population,
                                                      init_min_unmeasured=min(50, population // 2))
+    prepare_metaschedule_logging()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         tasks, work_dir=str(db_dir), strategy=strategy, num_threads=1, seed=0)
     builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILDER_TIMEOUT_SEC)
