@@ -90,37 +90,57 @@ def time_build(build_dir, images: np.ndarray, tee: str = "sim", warmup: int = 3)
                            build_dir=str(build_dir))
 
 
-def measure_strategies(model, strategies, work_dir, images: np.ndarray, target=None, rounds: int = 3,
-                       progress: bool = True, results_file=None) -> list[ProtectedTiming]:
-    """Build each strategy (builds are kept in ``work_dir/<name>`` and reused), then time them all in
-    ``rounds`` interleaved rounds and keep each stage's minimum: the machine's load drifts over
-    minutes, and interleaving exposes every strategy to the same quiet moments."""
+def best_of(timings) -> ProtectedTiming:
+    """Stage by stage, the minimum over several timings of one build."""
+    timings = list(timings)
+    first = timings[0]
+    b, c, t = (min(getattr(x, f) for x in timings) for f in ("backbone_s", "cpm_s", "transfer_s"))
+    return ProtectedTiming(name=first.name, backbone_s=b, cpm_s=c, transfer_s=t, total_s=b + c + t,
+                           images=sum(x.images for x in timings), tee=first.tee, build_dir=first.build_dir)
+
+
+def build_all(model, strategies, work_dir, target=None, progress: bool = True) -> list[Path]:
+    """Build each strategy (kept in ``work_dir/<name>`` and reused by the next call)."""
     from tqdm import tqdm
 
     work_dir = Path(work_dir)
-    items = [getattr(item, "strategy", item) for item in strategies]
     builds = []
-    bar = tqdm(items, desc="build strategies", unit="strategy", file=sys.stderr, disable=not progress)
+    bar = tqdm([getattr(s, "strategy", s) for s in strategies], desc="build strategies", unit="strategy",
+               file=sys.stderr, disable=not progress)
     for strategy in bar:
         bar.set_postfix_str(strategy.name[:40])
         try:
             builds.append(build_strategy(model, strategy, work_dir / strategy.name, target=target))
         except MirrorNetError as err:
             raise MirrorNetError(f"building strategy {strategy.name} for a latency measurement failed: {err}") from err
-    best: list[ProtectedTiming | None] = [None] * len(builds)
-    bar = tqdm(total=rounds * len(builds), desc="protected runs", unit="run", file=sys.stderr,
-               disable=not progress)
-    for _ in range(rounds):
-        for i, build in enumerate(builds):
-            t = time_build(build, images)
-            b = best[i]
-            best[i] = t if b is None else ProtectedTiming(
-                name=t.name, backbone_s=min(b.backbone_s, t.backbone_s), cpm_s=min(b.cpm_s, t.cpm_s),
-                transfer_s=min(b.transfer_s, t.transfer_s), total_s=min(b.total_s, t.total_s),
-                images=b.images + t.images, tee=t.tee, build_dir=t.build_dir)
-            bar.update()
-    bar.close()
-    out = [t for t in best if t is not None]
+    return builds
+
+
+def time_rounds(builds, images: np.ndarray, rounds: int = 3, progress: bool = True) -> list[list[ProtectedTiming]]:
+    """``rounds`` interleaved passes over all builds; result[r][i] is build i in round r.
+
+    The machine's load drifts over minutes: interleaving exposes every build to the same quiet moments.
+    """
+    from tqdm import tqdm
+
+    out = []
+    with tqdm(total=rounds * len(builds), desc="protected runs", unit="run", file=sys.stderr,
+              disable=not progress) as bar:
+        for _ in range(rounds):
+            row = []
+            for build in builds:
+                row.append(time_build(build, images))
+                bar.update()
+            out.append(row)
+    return out
+
+
+def measure_strategies(model, strategies, work_dir, images: np.ndarray, target=None, rounds: int = 3,
+                       progress: bool = True, results_file=None) -> list[ProtectedTiming]:
+    """Build and time each strategy; each stage's minimum over ``rounds`` interleaved rounds."""
+    builds = build_all(model, strategies, work_dir, target, progress)
+    per_round = time_rounds(builds, images, rounds, progress)
+    out = [best_of(r[i] for r in per_round) for i in range(len(builds))]
     if results_file is not None:
         write_json(results_file, [t.to_dict() for t in out])
     return out

@@ -80,8 +80,14 @@ def default_out_dir(source_path, kind: str) -> Path:
     return path.parent / f"{path.stem if kind == 'onnx' else path.name}-tuning"
 
 
-def sample_strategies(costs, count: int, seed: int = 0) -> list:
-    """``count`` strategies of distinct CPM structure, spread over the space (deterministic)."""
+def sample_strategies(costs, count: int, seed: int = 0, stratify: bool = False) -> list:
+    """``count`` strategies of distinct CPM structure, drawn at random (deterministic under ``seed``).
+
+    With ``stratify``, one strategy is drawn per group of what sets the latency (the backbone the
+    normal world runs: up to the deepest tap, or all of it for a ``correction`` CPM; and the CPM's
+    width), groups in random order, so that the sample spans the space's latencies instead of
+    piling up where most strategies are (the whole backbone).
+    """
     seen, distinct = set(), []
     for c in costs:
         s = getattr(c, "strategy", c)
@@ -91,7 +97,20 @@ def sample_strategies(costs, count: int, seed: int = 0) -> list:
             distinct.append(c)
     rng = random.Random(seed)
     rng.shuffle(distinct)
-    return distinct[:count]
+    if not stratify:
+        return distinct[:count]
+    groups: dict = {}
+    for c in distinct:
+        s = getattr(c, "strategy", c)
+        groups.setdefault(("all" if s.output == "correction" else s.taps[-1], s.width_ratio), []).append(c)
+    order = list(groups.values())
+    rng.shuffle(order)
+    picked = []
+    while len(picked) < count and any(order):
+        for members in order:
+            if members and len(picked) < count:
+                picked.append(members.pop())
+    return picked
 
 
 def _backbone_module(source: Source, target):
