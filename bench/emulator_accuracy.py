@@ -204,7 +204,7 @@ def main(argv=None):
     results = [run_model(m.strip(), args, work / "measurements.jsonl", work / "builds", target)
                for m in args.models.split(",") if m.strip()]
     print(f"\nheld-out sampling: {args.sampling}; 'repeat' = Spearman of the measurement against itself "
-          "(first half of the rounds vs second half): the most any prediction can reach")
+          "(first half of the timing rounds vs second half): how far the measured ranking is from noise")
     print("model    Spearman  (FLOPs-only)  (repeat)  median |err|  selection regret  emulate space")
     for r in results:
         print(f"{r['model']:<8} {r['spearman']:>8.3f}  ({r['flops_spearman']:>10.3f})  ({r['measurement_spearman']:>6.3f})"

@@ -140,7 +140,9 @@ def tune_backbone(source: Source, target, device: Device, db_dir: Path, trials: 
     """MetaSchedule-tune the backbone's kernels, measuring on ``device``; returns records added."""
     from tvm.s_tir import meta_schedule as ms
 
-    from ..build import BUILDER_TIMEOUT_SEC, prepare_metaschedule_logging, _Ledger, _workload_key, open_database, resolve_target as build_target
+    from ..build import (BUILDER_TIMEOUT_SEC, _Ledger, _workload_key, open_database,
+                         prepare_metaschedule_logging)
+    from ..build import resolve_target as build_target
 
     spec = build_target(target_dict(target))
     lowered = _backbone_module(source, spec.target)
