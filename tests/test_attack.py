@@ -72,6 +72,7 @@ def test_attack_cli_writes_every_field(artifact, tmp_path, capsys):
     assert p["lrs"] == [1e-3, 3e-3] and p["seeds"] == [0, 1] and p["epochs_per_budget"] == {"0.05%": 2, "40": 2}
     assert "held-out" in p["lr_selection"] and "never the test" in p["lr_selection"]
     controls = {f"control:{kind}:{tap}" for kind in ("random", "original") for tap in ("b1_maxpool", "b3_maxpool")}
+    controls.add("control:pixels")
     attacks = {STEALING, "probe:b1_maxpool", "probe:b3_maxpool", BLACKBOX, WHITEBOX} | controls
     assert {r["attack"] for r in doc["runs"]} == attacks
     assert len(doc["runs"]) == 2 * 2 * len(attacks)                       # budgets x seeds x attacks
@@ -97,7 +98,8 @@ def test_attack_cli_writes_every_field(artifact, tmp_path, capsys):
     # the table shows every attack, the ratio, the gap closed and the verdict
     for words in ("fine-tune stolen backbone", "linear probe on b3_maxpool", "black-box (random init)",
                   "white-box (original fine-tuned)", "illegal use", "x black-box", "gap closed", "verdict:",
-                  "control: probe b1_maxpool, random net", "control: probe b3_maxpool, original"):
+                  "control: probe b1_maxpool, random net", "control: probe b3_maxpool, original",
+                  "control: linear on raw pixels"):
         assert words in stdout
     # the report can be read back with the same figures
     again = SecurityReport.from_dict(doc)

@@ -18,7 +18,7 @@ Modules: :mod:`.thief_data` (budgets, disjoint draws), :mod:`.victim` (what is a
 :mod:`.attacks` (training with learning-rate search), :mod:`.evaluate` (the run, caching, attack.json),
 :mod:`.report` (summary, verdict, table), :mod:`.floor` (the evaluation as a floor for strategy search).
 """
-from .attacks import BLACKBOX, CONTROL_ORIGINAL, CONTROL_RANDOM, ILLEGAL, PROBE_PREFIX, STEALING, WHITEBOX
+from .attacks import BLACKBOX, CONTROL_ORIGINAL, CONTROL_PIXELS, CONTROL_RANDOM, ILLEGAL, PROBE_PREFIX, STEALING, WHITEBOX
 from .evaluate import (DEFAULT_BUDGETS, DEFAULT_LRS, DEFAULT_SEEDS, AttackConfig, attack_artifact, evaluate,
                        security_check)
 from .floor import SecureChoice, SecurityFloor, first_secure
@@ -33,4 +33,5 @@ __all__ = [
     "budget_label", "budget_samples", "disjoint_pool", "thief_split", "random_like",
     "DEFAULT_BUDGETS", "DEFAULT_SEEDS", "DEFAULT_LRS", "SECURE_RATIO",
     "STEALING", "BLACKBOX", "WHITEBOX", "ILLEGAL", "PROBE_PREFIX", "CONTROL_RANDOM", "CONTROL_ORIGINAL",
+    "CONTROL_PIXELS",
 ]

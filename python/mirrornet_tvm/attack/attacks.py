@@ -10,6 +10,7 @@ Controls (optional, not judged by the rule; they say what a probe's result is ma
 ``control:random:<tap>``    the same linear probe on the same tap of a randomly initialised backbone: what a
                             linear classifier on such features gets with nothing stolen
 ``control:original:<tap>``  the same probe on the unprotected original's tap: what it gets with no protection
+``control:pixels``          a linear classifier on the raw pixels: what the budget gives with no network at all
 
 Every attack is trained the same way (:func:`train_with_lr_search`): for each learning rate, train on
 the fit part of the budget and score the held-out part; take the best held-out accuracy (ties: lower
@@ -41,6 +42,7 @@ ILLEGAL = "illegal"
 PROBE_PREFIX = "probe:"
 CONTROL_RANDOM = "control:random:"
 CONTROL_ORIGINAL = "control:original:"
+CONTROL_PIXELS = "control:pixels"
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,16 @@ class TapProbe(torch.nn.Module):
         with torch.no_grad():
             _, t = self.backbone(x, return_tensors=(self.tensor,))
         return self.head(torch.flatten(t[self.tensor], 1))
+
+
+def make_pixel_probe(input_shape, num_classes: int, seed: int) -> torch.nn.Module:
+    """A linear classifier on the flattened image (initialised under ``seed``)."""
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(input_shape)), num_classes))
+    finally:
+        torch.set_rng_state(state)
 
 
 def trainable_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -28,8 +28,8 @@ from .. import __version__, data
 from ..errors import UsageError
 from ..training_base import evaluate as accuracy_of
 from ..util import read_json, write_json
-from .attacks import (BLACKBOX, CONTROL_ORIGINAL, CONTROL_RANDOM, PROBE_PREFIX, STEALING, WHITEBOX, TrainSpec,
-                      make_probe, train_with_lr_search, trainable_copy)
+from .attacks import (BLACKBOX, CONTROL_ORIGINAL, CONTROL_PIXELS, CONTROL_RANDOM, PROBE_PREFIX, STEALING, WHITEBOX,
+                      TrainSpec, make_pixel_probe, make_probe, train_with_lr_search, trainable_copy)
 from .report import SECURE_RATIO, AttackRun, SecurityReport
 from .thief_data import budget_label, budget_samples, disjoint_pool, thief_split
 from .victim import Victim, random_like
@@ -178,7 +178,7 @@ def evaluate(victim: Victim, dataset: str, config: AttackConfig = AttackConfig()
     original = accuracy_of(victim.original, x_test, y_test)
     attacks = [STEALING] + [PROBE_PREFIX + t for t in taps]
     if config.controls:
-        attacks += [CONTROL_RANDOM + t for t in taps] + [CONTROL_ORIGINAL + t for t in taps]
+        attacks += [CONTROL_RANDOM + t for t in taps] + [CONTROL_ORIGINAL + t for t in taps] + [CONTROL_PIXELS]
     attacks += [BLACKBOX, WHITEBOX]
     unprotected = [a for a in attacks if _protection_free(a)]   # depend on the original model only: cached
     per_run = len(config.lrs) + 1
@@ -251,11 +251,13 @@ def evaluate(victim: Victim, dataset: str, config: AttackConfig = AttackConfig()
 
 
 def _protection_free(attack: str) -> bool:
-    return attack in (BLACKBOX, WHITEBOX) or attack.startswith((CONTROL_RANDOM, CONTROL_ORIGINAL))
+    return attack in (BLACKBOX, WHITEBOX, CONTROL_PIXELS) or attack.startswith((CONTROL_RANDOM, CONTROL_ORIGINAL))
 
 
 def _start_model(attack: str, victim: Victim, taps: dict, seed: int) -> torch.nn.Module:
     """The model an attack starts training from (never shared with another attack)."""
+    if attack == CONTROL_PIXELS:
+        return make_pixel_probe(victim.input_shape, victim.num_classes, seed=20011 + seed)
     if attack.startswith(CONTROL_RANDOM):
         tap = attack[len(CONTROL_RANDOM):]
         return make_probe(random_like(victim.original, seed=30011 + seed), taps[tap], victim.num_classes,

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .attacks import BLACKBOX, CONTROL_ORIGINAL, CONTROL_RANDOM, ILLEGAL, PROBE_PREFIX, STEALING, WHITEBOX
+from .attacks import BLACKBOX, CONTROL_ORIGINAL, CONTROL_PIXELS, CONTROL_RANDOM, ILLEGAL, PROBE_PREFIX, STEALING, WHITEBOX
 from .thief_data import budget_label
 
 SECURE_RATIO = 1.05
@@ -76,7 +76,7 @@ def _std(values) -> float | None:
 
 
 def _attack_order(name: str) -> tuple:
-    order = {ILLEGAL: 0, STEALING: 1, BLACKBOX: 4, WHITEBOX: 5}
+    order = {ILLEGAL: 0, STEALING: 1, CONTROL_PIXELS: 3.5, BLACKBOX: 4, WHITEBOX: 5}
     if name.startswith(CONTROL_RANDOM):
         return (3, name[len(CONTROL_RANDOM):], 0)
     if name.startswith(CONTROL_ORIGINAL):
@@ -246,7 +246,8 @@ def _pm(mean, std, pct=True, digits=2):
 
 
 _LABELS = {ILLEGAL: "illegal use (backbone alone)", STEALING: "fine-tune stolen backbone",
-           BLACKBOX: "black-box (random init)", WHITEBOX: "white-box (original fine-tuned)"}
+           BLACKBOX: "black-box (random init)", WHITEBOX: "white-box (original fine-tuned)",
+           CONTROL_PIXELS: "control: linear on raw pixels"}
 
 
 def attack_label(name: str) -> str:

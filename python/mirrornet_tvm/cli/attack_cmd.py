@@ -63,7 +63,8 @@ def _command_line() -> str:
               help="Secure when every attack on the stolen backbone is within FLOOR x the black-box accuracy.")
 @click.option("--no-probes", is_flag=True, help="Skip the linear probes on the tapped feature maps.")
 @click.option("--controls", is_flag=True,
-              help="Also probe the same taps of a random network and of the unprotected original (not judged).")
+              help="Also probe the same taps of a random network and of the unprotected original, and train a "
+                   "linear classifier on raw pixels (controls, not judged).")
 @click.option("--test-subset", type=int, default=None,
               help="Score on a stratified subset of N test images (default: the whole test split).")
 @click.option("--baseline-cache", type=click.Path(file_okay=False), default=None,
