@@ -386,9 +386,12 @@ def main(argv=None) -> int:
              ("earlier --auto pick" if v.startswith("default") else v), s) for m, d, v, s in plan]
 
     if not args.table_only:
-        # The current defaults first (protect, then attack, small budgets first), then the sweeps.
-        defaults_first = [[p for p in plan if p[2].startswith("default")],
-                          [p for p in plan if not p[2].startswith("default")]]
+        # The current defaults first (protect, then attack, small budgets first), then the sweeps, then
+        # strategies kept from earlier runs.
+        def rank(variant):
+            return 0 if variant.startswith("default") else 2 if variant.startswith("earlier") else 1
+
+        defaults_first = [[p for p in plan if rank(p[2]) == k] for k in (0, 1, 2)]
         for group in defaults_first:
             for model, d, variant, s in group:
                 if out_of_time():
