@@ -812,6 +812,9 @@ TUNE = [
 
         The cost model is bound to the target it was trained for (it refuses another). With it, the
         emulator predicts every strategy's latency on the board in seconds, without building anything.
+        Without calibration the predictions are sums of kernel predictions and the transfer into the
+        TEE counts as zero; `tune(..., calibrate=N)` (`mirrornet tune --calibrate N`) builds N strategies,
+        runs them through the TEE and fits the stage models, transfer included.
         """),
     code('''
         from mirrornet_tvm.emulator.emulate import Emulator, emulate, pareto_front, table
