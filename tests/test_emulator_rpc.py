@@ -116,15 +116,17 @@ def test_mirrornet_tune_over_rpc(fleet, tmp_path):
 @pytest.mark.slow
 def test_mirrornet_tune_trials_through_rpc_runner(fleet, tmp_path):
     """MetaSchedule measures its candidates on the RPC server; the database feeds `mirrornet compile`."""
-    from mirrornet_tvm import frontend, zoo
+    from mirrornet_tvm import frontend
     from mirrornet_tvm.build import TUNING_LEDGER
 
-    model = tmp_path / "lenet.onnx"
-    onnx.save(frontend.load_model(zoo.build("lenet")).proto, str(model))
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * 7 * 7, 10))
+    model = tmp_path / "tiny.onnx"
+    onnx.save(frontend.load_model(tiny, input_shape=(1, 14, 14)).proto, str(model))
     out = tmp_path / "tuning"
     result = CliRunner().invoke(cli, [
         "tune", str(model), "--rpc-tracker", str(fleet.tracker), "--rpc-key", KEY, "-o", str(out),
-        "--trials", "8", "--corpus", "4", "--strategies", "1", "--repeat", "3", "--quiet"],
+        "--trials", "4", "--corpus", "4", "--strategies", "1", "--repeat", "3", "--quiet"],
         catch_exceptions=False)
     assert result.exit_code == 0, result.output
     db = out / "database"
