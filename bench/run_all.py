@@ -63,7 +63,7 @@ STEPS = [
          full=(), quick=("--models", "lenet,vgg", "--subset", "3000", "--epochs", "2"), work_flag="--out"),
     Step("security_table", "security_table.py",
          "model stealing against the black-box baseline, by strategy, degradation and budget",
-         full=(), quick=("--quick", "--seeds", "0", "--variants", "default"), work_flag="--out"),
+         full=(), quick=("--quick", "--max-minutes", "45"), work_flag="--out"),
     Step("protected_latency", "protected_latency.py",
          "latency: original, backbone alone, protected (simulator), whole model in the TA",
          full=(), quick=("--models", "lenet,vgg", "--images", "20", "--rounds", "2")),
