@@ -60,7 +60,8 @@ class Step:
 STEPS = [
     Step("protect_zoo", "protect_zoo.py",
          "accuracy: original / authorized / illegal use, CPM FLOP share and secure memory",
-         full=(), quick=("--models", "lenet,vgg", "--subset", "3000", "--epochs", "2"), work_flag="--out"),
+         full=("--models", "lenet,vgg,resnet"), quick=("--models", "lenet,vgg", "--subset", "3000", "--epochs", "2"),
+         work_flag="--out"),
     Step("security_table", "security_table.py",
          "model stealing against the black-box baseline, by strategy, degradation and budget",
          full=(), quick=("--quick", "--max-minutes", "45"), work_flag="--out"),
