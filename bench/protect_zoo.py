@@ -1,8 +1,10 @@
 """MirrorNet on the zoo: protect VGG and ResNet on Fashion-MNIST (full training split), print the figures.
 
 For each model: train the base model with `mirrornet train-base` if it is not there yet, then run
-`mirrornet protect` once per configuration (the default strategy with each degradation objective), each
-as a new user would type it, and print one table: original / authorized / illegal-use accuracy on the
+`mirrornet protect` once per configuration, each as a new user would type it: the default strategy
+(`--auto`) with each degradation objective, and for contrast a "deep" strategy whose CPM reads the last
+convolutional stage's output (the paper-style small CPM: cheap and accurate, but a thief who steals the
+backbone holds the whole feature extractor). It prints one table: original / authorized / illegal-use accuracy on the
 real test split, the CPM's share of FLOPs and parameters, its secure memory, the training time, and
 whether the targets are met (authorized within 1 point of original, illegal use at most 15%, CPM at
 most 5% of FLOPs and under 1 MiB of secure memory). Ratios are within this one run.
@@ -25,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRRORNET = str(Path(sys.executable).parent / "mirrornet")
-DEGRADATIONS = ("uniform", "adversarial")
+CONFIGS = ("auto-uniform", "auto-adversarial", "deep-uniform")
 
 
 def machine() -> str:
@@ -42,7 +44,7 @@ def machine() -> str:
 
 def run(cmd: list) -> None:
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, stdout=sys.stderr)   # stdout carries only the table
 
 
 def base_model(out: Path, model: str, args) -> Path:
@@ -55,12 +57,28 @@ def base_model(out: Path, model: str, args) -> Path:
     return path
 
 
-def protect(out: Path, model: str, base: Path, degradation: str, args) -> Path:
-    art = out / f"{model}-{degradation}"
+def deep_strategy(base: Path, path: Path) -> Path:
+    """The deepest tap before the global pooling, CPM 1/4 wide, written as a strategy file."""
+    sys.path.insert(0, str(ROOT / "python"))
+    from mirrornet_tvm.analysis import candidate_taps
+    from mirrornet_tvm.frontend import load_model
+    from mirrornet_tvm.strategy import Strategy
+
+    taps = [t for t in candidate_taps(load_model(base)) if t.op != "GlobalAveragePool"]
+    return Strategy((taps[-1].name,), 0.25).save(path)
+
+
+def protect(out: Path, model: str, base: Path, config: str, args) -> Path:
+    art = out / f"{model}-{config}"
     if (art / "metrics.json").is_file():
         return art
-    cmd = [MIRRORNET, "protect", str(base), "--dataset", args.dataset, "--auto", "--degradation", degradation,
+    variant, degradation = config.split("-")
+    cmd = [MIRRORNET, "protect", str(base), "--dataset", args.dataset, "--degradation", degradation,
            "--seed", str(args.seed), "-o", str(art)]
+    if variant == "auto":
+        cmd.append("--auto")
+    else:
+        cmd += ["--strategy", str(deep_strategy(base, out / f"{model}-deep.json"))]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
     if args.subset:
@@ -71,14 +89,14 @@ def protect(out: Path, model: str, base: Path, degradation: str, args) -> Path:
     return art
 
 
-def row(model: str, art: Path) -> dict | None:
+def row(model: str, config: str, art: Path) -> dict | None:
     path = art / "metrics.json"
     if not path.is_file():
         return None
     m = json.loads(path.read_text())
     a, c, mem = m["accuracy"], m["cpm"], m["secure_memory"]
     return {
-        "model": model, "degradation": m["strategy"]["degradation"], "strategy": m["strategy"]["name"],
+        "model": model, "config": config, "strategy": m["strategy"]["name"],
         "train": m["dataset"]["train_images"], "epochs": m["training"]["epochs"],
         "original": a["original"], "authorized": a["authorized"], "illegal": a["illegal"],
         "drop": a["authorized_drop_points"], "gap": a["gap_points"],
@@ -92,20 +110,20 @@ def row(model: str, art: Path) -> dict | None:
 def print_table(rows: list) -> None:
     print(f"machine: {machine()}")
     print("dataset: Fashion-MNIST, accuracies on the official 10,000-image test split\n")
-    head = (f"{'model':<7} {'degradation':<11} {'train':>6} {'ep':>2} {'original':>8} {'authorized':>10} "
+    head = (f"{'model':<7} {'configuration':<16} {'train':>6} {'ep':>2} {'original':>8} {'authorized':>10} "
             f"{'drop pt':>7} {'illegal':>7} {'gap pt':>6} {'auth/orig':>9} {'ill/orig':>8} {'CPM FLOPs':>9} "
             f"{'CPM params':>10} {'secure KiB':>10} {'train s':>7} {'targets':>7}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['model']:<7} {r['degradation']:<11} {r['train']:>6} {r['epochs']:>2} {r['original']:>8.2%} "
+        print(f"{r['model']:<7} {r['config']:<16} {r['train']:>6} {r['epochs']:>2} {r['original']:>8.2%} "
               f"{r['authorized']:>10.2%} {r['drop']:>7.2f} {r['illegal']:>7.2%} {r['gap']:>6.1f} "
               f"{r['auth_ratio']:>9.3f} {r['illegal_ratio']:>8.3f} {r['flop_share']:>9.2%} "
               f"{r['param_share']:>10.2%} {r['secure_kib']:>10.1f} {r['train_s']:>7.0f} "
               f"{r['met']:>3}/{r['targets']}")
     print("\nstrategies and commands:")
     for r in rows:
-        print(f"  {r['model']}/{r['degradation']}: {r['strategy']}\n    {r['command']}")
+        print(f"  {r['model']}/{r['config']}: {r['strategy']}\n    {r['command']}")
     print("\ntargets: authorized within 1 point of original, illegal use <= 15%, CPM <= 5% of FLOPs, "
           "secure memory < 1 MiB")
 
@@ -113,7 +131,7 @@ def print_table(rows: list) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="vgg,resnet")
-    p.add_argument("--degradations", default=",".join(DEGRADATIONS))
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"any of {', '.join(CONFIGS)}")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--epochs", type=int, default=None, help="joint-training epochs (default: protect's)")
     p.add_argument("--subset", type=int, default=None, help="training images (default: the full split)")
@@ -123,15 +141,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     models = [m for m in args.models.split(",") if m]
-    degradations = [d for d in args.degradations.split(",") if d]
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        p.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     rows = []
     for model in models:
-        for degradation in degradations:
-            art = out / f"{model}-{degradation}"
+        for config in configs:
+            art = out / f"{model}-{config}"
             if not args.table_only:
                 base = base_model(out, model, args)
-                protect(out, model, base, degradation, args)
-            r = row(model, art)
+                protect(out, model, base, config, args)
+            r = row(model, config, art)
             if r:
                 rows.append(r)
     if not rows:
