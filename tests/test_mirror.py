@@ -249,3 +249,26 @@ def test_cpm_converts_like_any_module(graphs):
     cpm = net.cpm.to(torch.float64)
     assert all(p.dtype == torch.float64 for p in cpm.parameters())
     cpm.to(torch.float32)
+
+
+def test_a_final_softmax_is_dropped():
+    class WithSoftmax(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = zoo.build("lenet")
+
+        def forward(self, x):
+            return torch.softmax(self.net(x), 1)
+
+    torch.manual_seed(0)
+    g = frontend.load_model(WithSoftmax().eval(), (1, 28, 28)).graph()
+    assert g.nodes[-1].op == "Softmax"
+    s = Strategy(("b3_maxpool",), 0.5)
+    with pytest.raises(StrategyError, match="Softmax"):
+        plan_cpm(g, s)
+    assert secure_memory(s, g).total > 0                   # the API drops it
+    net = MirrorNet(g, s).eval()
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        _, bl, _ = net(x)
+        assert torch.allclose(torch.softmax(bl, 1), g(x), atol=1e-6)   # logits before the Softmax

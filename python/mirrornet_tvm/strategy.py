@@ -181,12 +181,14 @@ class CpmCost:
 
 
 def _graph_of(model):
-    """Accept a front-end ``Model`` (with ``.graph()``) or a ``GraphNet``."""
+    """Accept a front-end ``Model`` (with ``.graph()``) or a ``GraphNet``; a final Softmax is dropped."""
     graph = model.graph() if callable(getattr(model, "graph", None)) else model
     if not hasattr(graph, "nodes") or not hasattr(graph, "tensor_shapes"):
         raise StrategyError(f"expected a loaded model or a GraphNet, got {type(model).__name__}; "
                             "load it with mirrornet_tvm.frontend.load_model")
-    return graph
+    from .mirror import strip_softmax
+
+    return strip_softmax(graph)
 
 
 def secure_memory(strategy: Strategy, model) -> SecureMemory:
