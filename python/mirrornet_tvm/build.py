@@ -188,8 +188,8 @@ def build_backbone(mod: tvm.IRModule, target=None, database=None, out="backbone.
         db_dir = scratch
     try:
         db = open_database(db_dir if db_dir is not None else database)
-        ledger = _Ledger(db_dir)
-        key = _workload_key(lowered, spec)
+        ledger = TuningLedger(db_dir)
+        key = workload_key(lowered, spec)
         new_trials = 0
         tuning_now = bool(tune_trials) and ledger.trials(key) < tune_trials
         if tuning_now:
@@ -268,7 +268,7 @@ def _export(executable, out: Path, spec: TargetSpec) -> int:
     return out.stat().st_size
 
 
-def _workload_key(lowered: tvm.IRModule, spec: TargetSpec) -> str:
+def workload_key(lowered: tvm.IRModule, spec: TargetSpec) -> str:
     """Identifies the backbone's kernels and the target (weights do not change the tuning)."""
     hashes = sorted(int(tvm_ffi.structural_hash(f)) & 0xFFFFFFFFFFFFFFFF
                     for _, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
@@ -286,7 +286,7 @@ def _measured_trials(db, lowered: tvm.IRModule, target) -> int:
     return total
 
 
-class _Ledger:
+class TuningLedger:
     """``mirrornet_tuning.json`` in the database folder: the trial budget each workload was tuned with."""
 
     def __init__(self, folder: Path | None):

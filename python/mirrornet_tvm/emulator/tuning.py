@@ -140,8 +140,8 @@ def tune_backbone(source: Source, target, device: Device, db_dir: Path, trials: 
     """MetaSchedule-tune the backbone's kernels, measuring on ``device``; returns records added."""
     from tvm.s_tir import meta_schedule as ms
 
-    from ..build import (BUILDER_TIMEOUT_SEC, _Ledger, _workload_key, open_database,
-                         prepare_metaschedule_logging)
+    from ..build import (BUILDER_TIMEOUT_SEC, TuningLedger, open_database, prepare_metaschedule_logging,
+                         workload_key)
     from ..build import resolve_target as build_target
 
     spec = build_target(target_dict(target))
@@ -177,7 +177,7 @@ def tune_backbone(source: Source, target, device: Device, db_dir: Path, trials: 
         pool = getattr(runner, "pool", None)
         if pool is not None:
             pool.shutdown()
-    _Ledger(db_dir).record(_workload_key(lowered, spec), trials, spec)
+    TuningLedger(db_dir).record(workload_key(lowered, spec), trials, spec)
     return len(db) - before
 
 
