@@ -10,7 +10,8 @@ options of the chosen size. Its table (stdout) is kept in ``OUT/<step>.txt`` wit
 (command, exit code, seconds, machine); a rerun skips the steps that already succeeded, so an
 interrupted run resumes (``--force`` reruns them). Scripts that cache their own work (protect_zoo,
 security_table, emulator_accuracy) keep it under ``OUT/work/``. At the end every table is printed,
-with the machine, into ``OUT/tables.md``: that file is what the README's figures are copied from.
+with the machine, into ``OUT/tables.md``; ``--publish`` also writes it to ``bench/RESULTS.md``, the
+committed copy the README's figures are copied from (tests/test_docs.py checks they appear there).
 ``OUT`` is ``out/bench/full`` or ``out/bench/quick``.
 
 The onnxruntime peer (step ``onnxruntime_peer``, run by this script itself, ``--peer``): the unprotected
@@ -33,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+PUBLISHED = ROOT / "bench" / "RESULTS.md"
 
 
 @dataclass(frozen=True)
@@ -308,6 +310,8 @@ def main(argv=None) -> int:
                     help="stop a step that runs longer than this")
     ap.add_argument("--list", action="store_true", help="print the steps and their commands, run nothing")
     ap.add_argument("--tables-only", action="store_true", help="print the tables collected so far, run nothing")
+    ap.add_argument("--publish", action="store_true",
+                    help="also write the tables to bench/RESULTS.md, the file the README's figures come from")
     args = ap.parse_args(argv)
 
     names = [s.name for s in STEPS]
@@ -332,21 +336,24 @@ def main(argv=None) -> int:
         return 1
 
     records = []
-    for step in chosen:
-        if args.tables_only:
+    for step in STEPS:      # every table collected so far goes into tables.md, not only this run's
+        if step in chosen and not args.tables_only:
+            record = run_step(step, args.quick, out, args.force,
+                              args.step_timeout * 60 if args.step_timeout else None)
+        else:
             path = out / f"{step.name}.json"
             record = json.loads(path.read_text()) if path.is_file() else {
                 "step": step.name, "skipped": "not run yet", "seconds": 0, "exit_code": None}
-        else:
-            record = run_step(step, args.quick, out, args.force,
-                              args.step_timeout * 60 if args.step_timeout else None)
         records.append((step, record))
     text = render_tables(records, out, args.quick)
     write_atomic(out / "tables.md", text)
+    if args.publish:
+        write_atomic(PUBLISHED, text)
     print(text)
-    failed = [s.name for s, r in records if r.get("exit_code") not in (0, None)]
-    print(f"[bench] tables in {out / 'tables.md'}" + (f"; FAILED: {', '.join(failed)}" if failed else ""),
-          file=sys.stderr)
+    ran = [(s, r) for s, r in records if s in chosen]
+    failed = [s.name for s, r in ran if r.get("exit_code") not in (0, None)]
+    print(f"[bench] tables in {out / 'tables.md'}" + (f" and {PUBLISHED.relative_to(ROOT)}" if args.publish else "")
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
 
 
