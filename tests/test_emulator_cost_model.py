@@ -7,10 +7,10 @@ import torch
 
 from mirrornet_tvm.emulator import calibration as cal_mod
 from mirrornet_tvm.emulator import corpus, features
-from mirrornet_tvm.emulator.cost_model import CostModel, FlopsBaseline, TargetMismatchError
+from mirrornet_tvm.emulator.cost_model import CostModel, FlopsBaseline
 from mirrornet_tvm.emulator.emulate import Estimate, Floors, feasible, pareto_front, rank, select, table
 from mirrornet_tvm.emulator.targets import RPI3, resolve_target, target_key
-from mirrornet_tvm.errors import ArtifactError, StrategyError, UsageError
+from mirrornet_tvm.errors import ArtifactError, StrategyError, TargetMismatchError, UsageError
 
 torch.set_num_threads(1)
 HOST = {"kind": "llvm", "mcpu": "x86-64"}

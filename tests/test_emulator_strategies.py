@@ -118,7 +118,7 @@ def test_emulating_the_space_is_fast_and_consistent(lenet):
 def test_emulator_refuses_a_model_for_another_target(lenet):
     _, mk = lenet
     cm = _synthetic_model(mk, [c.strategy for c in generate_strategies(mk.graph, budget_bytes=None)[::20]])
-    from mirrornet_tvm.emulator.cost_model import TargetMismatchError
+    from mirrornet_tvm.errors import TargetMismatchError
 
     with pytest.raises(TargetMismatchError):
         Emulator(cm, "rpi3")

@@ -53,3 +53,7 @@ class NotBuiltYet(MirrorNetError):
     """A capability that is planned but not implemented yet."""
 
     exit_code = 3
+
+
+class TargetMismatchError(UsageError):
+    """A cost model was asked to predict for a target it was not trained on (measure and train one for it)."""

@@ -31,7 +31,7 @@ _EXPORTS = {
     "Emulator": "emulate", "Estimate": "emulate", "Floors": "emulate",
     "select": "emulate", "rank": "emulate", "rank_strategies": "emulate", "pareto_front": "emulate",
     "feasible": "emulate", "attach_metrics": "emulate", "table": "emulate",
-    "CostModel": "cost_model", "TargetMismatchError": "cost_model",
+    "CostModel": "cost_model", "TargetMismatchError": "cost_model",  # defined in mirrornet_tvm.errors
     "Calibration": "calibration",
     "measure": "harness", "TimingConfig": "harness",
     "local_fleet": "rpc", "rpc_device": "rpc", "LOCAL": "rpc",

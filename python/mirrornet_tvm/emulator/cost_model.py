@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ArtifactError, UsageError
+from ..errors import ArtifactError, TargetMismatchError, UsageError
 from ..util import atomic_write
 from .features import FEATURE_VERSION, FeatureCache
 from .harness import Measurement, usable
@@ -37,10 +37,6 @@ XGB_PARAMS = {
     "seed": 0,
 }
 ROUNDS = 400
-
-
-class TargetMismatchError(UsageError):
-    """A cost model was asked to predict for a target it was not trained on."""
 
 
 @dataclass(frozen=True)
