@@ -65,8 +65,9 @@ class Emulator:
     """Predicts strategy latencies for one target from a cost model and a calibration."""
 
     def __init__(self, cost_model: CostModel, target=None, calibration: Calibration = IDENTITY,
-                 database=None):
+                 database=None, folder=None):
         self.cost_model = cost_model
+        self.folder = Path(folder) if folder is not None else None  # where it was loaded from, if anywhere
         self.target = resolve_target(target if target is not None else cost_model.target_object())
         cost_model.check_target(self.target)
         self.calibration = calibration
@@ -87,7 +88,7 @@ class Emulator:
         folder = Path(folder)
         model = CostModel.load(folder / COST_MODEL_FILE)
         cal = Calibration.load(folder / CALIBRATION_FILE) if (folder / CALIBRATION_FILE).is_file() else IDENTITY
-        return cls(model, target=target, calibration=cal, database=database)
+        return cls(model, target=target, calibration=cal, database=database, folder=folder)
 
     # -- kernels -----------------------------------------------------------------------------------
     def kernel_seconds(self, kernels, flavour: str = "tvm") -> np.ndarray:

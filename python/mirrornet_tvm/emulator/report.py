@@ -18,6 +18,12 @@ def write_json_report(path, estimates, *, selected=None, front=None, emulator=No
     })
 
 
+def write_ranking_json(path, ranking, *, model: str | None = None, generated_by: str = "mirrornet strategies") -> Path:
+    """A :class:`~.selection.Ranking` (every estimate, the front, the floors and the pick), atomically."""
+    return write_json(path, {"generated_by": f"{generated_by} (Performance Emulator) from {model or 'a model'}",
+                             "model": model, **ranking.to_dict()})
+
+
 def plot_pareto(path, estimates, front, *, selected=None, title: str = "") -> Path:
     """Predicted latency against secure memory, the Pareto front drawn through, as PNG/PDF/SVG."""
     import matplotlib
