@@ -34,8 +34,9 @@ ARTIFACT_FILES = ("original.onnx", "combined.onnx", "backbone.onnx", "strategy.j
 AUTO_FLOP_SHARE = 0.05
 ONNX_CHECK_IMAGES = 32
 ONNX_TOLERANCE = 1e-4
-AUTO_NOTE = ("chosen by secure memory and FLOPs alone (no performance emulator yet): the shallowest single "
-             "tap whose CPM, at least 1/4 wide, completes the network within {share:.0%} of the model's FLOPs")
+AUTO_NOTE = ("chosen by secure memory and FLOPs alone (no performance emulator: give --tuning DIR from "
+             "`mirrornet tune` to choose by predicted latency): the shallowest single tap whose CPM, at least "
+             "1/4 wide, completes the network within {share:.0%} of the model's FLOPs")
 # Issue targets the report checks each artifact against.
 TARGETS = {"authorized_drop_points": 1.0, "illegal_max": 0.15, "flop_share_max": 0.05,
            "secure_bytes_max": 1 << 20}
@@ -52,19 +53,53 @@ def _say(progress: bool, msg: str):
         print(msg, file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class StrategyChoice:
+    """The strategy to use, how it was chosen (a sentence), and the emulator's ranking when it chose."""
+
+    strategy: Strategy
+    how: str
+    emulation: dict | None = None   # the Performance Emulator's record (None: given, or the rule alone)
+
+
 def choose_strategy(graph, strategy=None, auto: bool = False, budget_bytes: int = DEFAULT_BUDGET_BYTES,
-                    degradation: str | None = None) -> tuple[Strategy, str]:
-    """The strategy to use and how it was chosen (a sentence for the metrics)."""
+                    degradation: str | None = None, *, tuning=None, model=None,
+                    progress: bool = False) -> StrategyChoice:
+    """The strategy to use and how it was chosen.
+
+    ``auto`` without ``tuning``: the rule of :func:`~mirrornet_tvm.strategy.auto_select`. With
+    ``tuning`` (a `mirrornet tune` folder) and ``model`` (the loaded model): among the strategies that
+    rule accepts (its floors), the one the Performance Emulator predicts fastest.
+    """
     if (strategy is None) == (not auto):
         raise UsageError("give exactly one of --strategy FILE or --auto")
+    if tuning is not None and not auto:
+        raise UsageError("--tuning DIR is for --auto (the emulator chooses the strategy); drop it when giving "
+                         "--strategy")
     if strategy is not None:
         s = strategy if isinstance(strategy, Strategy) else Strategy.load(strategy)
         if degradation:
             s = s.replace(degradation=degradation)
-        return s, f"given ({strategy if not isinstance(strategy, Strategy) else 'by the caller'})"
+        return StrategyChoice(s, f"given ({strategy if not isinstance(strategy, Strategy) else 'by the caller'})")
     costs = generate_strategies(graph, budget_bytes)
-    pick = auto_select(costs, max_flop_share=AUTO_FLOP_SHARE, degradation=degradation or "uniform")
-    return pick.strategy, "auto: " + AUTO_NOTE.format(share=AUTO_FLOP_SHARE)
+    if tuning is None:
+        pick = auto_select(costs, max_flop_share=AUTO_FLOP_SHARE, degradation=degradation or "uniform")
+        return StrategyChoice(pick.strategy, "auto: " + AUTO_NOTE.format(share=AUTO_FLOP_SHARE))
+    if model is None:
+        raise UsageError("choosing with the emulator needs the model (its kernels): pass model=load_model(...)")
+    from .emulator.selection import load_tuning, rank_space, selection_note
+
+    ranking = rank_space(model, costs, load_tuning(tuning), budget_bytes=budget_bytes,
+                         max_flop_share=AUTO_FLOP_SHARE, degradation=degradation or "uniform", progress=progress)
+    how = selection_note(ranking)  # StrategyError when nothing meets the floors
+    e = ranking.selected
+    emulation = {"tuning": ranking.emulator, "floors": ranking.floors, "budget_bytes": budget_bytes,
+                 "strategies_emulated": len(ranking.estimates), "eligible": len(ranking.eligible),
+                 "rank_among_all": 1 + ranking.estimates.index(e), "on_pareto_front": ranking.on_front(e),
+                 "predicted_ms": {"total": e.total_s * 1e3, "backbone": e.backbone_s * 1e3,
+                                  "cpm": e.cpm_s * 1e3, "transfer": e.transfer_s * 1e3},
+                 "invokes": e.invokes, "emulation_seconds": round(ranking.seconds, 3)}
+    return StrategyChoice({c.strategy.name: c.strategy for c in costs}[e.name], how, emulation)
 
 
 def _check_data(graph: GraphNet, x_train, y_train, dataset: str):
@@ -97,7 +132,7 @@ def _onnx_check(path, net: MirrorNet, x) -> float:
 
 def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = False,
             config: JointConfig = JointConfig(), subset: int | None = None,
-            budget_bytes: int = DEFAULT_BUDGET_BYTES, degradation: str | None = None,
+            budget_bytes: int = DEFAULT_BUDGET_BYTES, degradation: str | None = None, tuning=None,
             resume: bool = False, force: bool = False, threads: int | None = None,
             progress: bool = True, command: str | None = None) -> ProtectResult:
     """Protect the ONNX model at ``model_path`` (see the module docstring); returns the metrics."""
@@ -114,7 +149,9 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
     threads = set_threads(threads)
     model = load_model(model_path)
     original = strip_softmax(model.graph())
-    s, how = choose_strategy(original, strategy, auto, budget_bytes, degradation)
+    choice = choose_strategy(original, strategy, auto, budget_bytes, degradation, tuning=tuning, model=model,
+                             progress=progress)
+    s, how = choice.strategy, choice.how
     cost = cpm_cost(s, original)   # validates the taps against the model
     if progress:
         _say(True, f"strategy {s.name}: {how}")
@@ -162,6 +199,7 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
         "secure_memory": dict(cost.memory.to_dict(), budget=budget_bytes),
         "strategy": s.to_dict(),
         "strategy_selection": how,
+        "strategy_emulation": choice.emulation,
         "training": {"config": config.to_dict(), "seed": config.seed, "epochs": config.epochs,
                      "lr_backbone": config.backbone_lr(s),
                      "threads": threads, "history": result.to_dict()["epochs"],
@@ -210,4 +248,5 @@ def load_metrics(artifact_dir) -> dict:
     return metrics
 
 
-__all__ = ["protect", "choose_strategy", "load_metrics", "check_targets", "ProtectResult", "ARTIFACT_FILES"]
+__all__ = ["protect", "choose_strategy", "StrategyChoice", "load_metrics", "check_targets", "ProtectResult",
+           "ARTIFACT_FILES"]

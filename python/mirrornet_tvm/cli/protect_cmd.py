@@ -30,7 +30,11 @@ def _command_line() -> str:
 @click.option("--dataset", required=True, help="fashion-mnist, mnist, their -rgb variants, or a .npz path.")
 @click.option("--strategy", "strategy_file", type=click.Path(dir_okay=False), default=None,
               help="Strategy JSON (see `mirrornet strategies --json`).")
-@click.option("--auto", is_flag=True, help="Pick the strategy by secure memory and FLOPs (no emulator yet).")
+@click.option("--auto", is_flag=True,
+              help="Pick the strategy: by secure memory and FLOPs, or by predicted latency with --tuning.")
+@click.option("--tuning", "tuning_dir", type=click.Path(file_okay=False), default=None,
+              help="With --auto: output folder of `mirrornet tune`; pick the least predicted latency among "
+                   "the strategies the --auto rule accepts.")
 @click.option("--degradation", type=click.Choice(DEGRADATIONS), default=None,
               help="Override the strategy's backbone-degradation objective.")
 @click.option("--epochs", type=int, default=_D.epochs, show_default=True, help="Joint-training epochs.")
@@ -56,7 +60,7 @@ def _command_line() -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Artifact folder to write.")
-def protect(model, dataset, strategy_file, auto, degradation, epochs, subset, seed, batch_size, lr_cpm,
+def protect(model, dataset, strategy_file, auto, tuning_dir, degradation, epochs, subset, seed, batch_size, lr_cpm,
             lr_backbone, lam, adv, distill, tail, budget_kib, threads, resume, force, quiet, out_dir):
     """Turn MODEL (ONNX) into a MirrorNet: joint training of backbone and CPM, artifact in -o."""
     from ..errors import UsageError
@@ -66,8 +70,8 @@ def protect(model, dataset, strategy_file, auto, degradation, epochs, subset, se
         raise UsageError(f"--budget-kib must be positive, got {budget_kib}")
     config = JointConfig(epochs=epochs, batch_size=batch_size, lr_cpm=lr_cpm, lr_backbone=lr_backbone,
                          lam=lam, adv=adv, distill=distill, tail=tail, seed=seed)
-    result = run(model, dataset, out_dir, strategy=strategy_file, auto=auto, config=config, subset=subset,
-                 budget_bytes=budget_kib * 1024, degradation=degradation, resume=resume, force=force,
+    result = run(model, dataset, out_dir, strategy=strategy_file, auto=auto, tuning=tuning_dir, config=config,
+                 subset=subset, budget_bytes=budget_kib * 1024, degradation=degradation, resume=resume, force=force,
                  threads=threads, progress=not quiet, command=_command_line())
     from .report_cmd import format_report
 

@@ -23,8 +23,8 @@ from .emulate import CALIBRATION_FILE, COST_MODEL_FILE, Emulator, Estimate, pare
 TUNE_REPORT = "tune_report.json"
 DATABASE_RECORDS = ("database", "database_tuning_record.json")
 LATENCY_VS_MEMORY = (("total_s", -1), ("secure_bytes", -1))
-FLOORS_NOTE = ("single tap whose CPM completes the network, at least 1/4 wide, at most {share:.0%} of the "
-               "model's FLOPs ({degradation} degradation)")
+FLOORS_NOTE = ("single tap whose CPM completes the network, at least 1/{width} wide, at most {share:.0%} of the "
+               "model's FLOPs, {degradation} degradation")
 
 
 def load_tuning(folder, target=None) -> Emulator:
@@ -76,6 +76,15 @@ def rule_pool(costs, *, max_flop_share: float, degradation: str = "uniform") -> 
     return pool
 
 
+def _rule_min_width() -> float:
+    """The least CPM width the ``--auto`` rule accepts (its default), for the floors' description."""
+    import inspect
+
+    from ..strategy import auto_select
+
+    return float(inspect.signature(auto_select).parameters["min_width"].default)
+
+
 @dataclass(frozen=True)
 class Ranking:
     """Every strategy's estimate (least predicted latency first), the front, the floors and the pick."""
@@ -115,7 +124,8 @@ def rank_space(model, costs, emulator: Emulator, *, budget_bytes: int | None = N
     front = pareto_front(ranked, LATENCY_VS_MEMORY) if ranked else []
     return Ranking(estimates=tuple(ranked), front=tuple(front), eligible=tuple(e.name for e in pool),
                    selected=pool[0] if pool else None, budget_bytes=budget_bytes,
-                   floors=FLOORS_NOTE.format(share=max_flop_share, degradation=degradation),
+                   floors=FLOORS_NOTE.format(width=round(1 / _rule_min_width()), share=max_flop_share,
+                                             degradation=degradation),
                    emulator=tuning_summary(emulator), seconds=seconds)
 
 
@@ -127,7 +137,7 @@ def selection_note(ranking: Ranking) -> str:
                             f"({ranking.floors}); raise --budget-kib or give --strategy")
     source = ranking.emulator.get("cost_model") or "the given cost model"
     cal = "calibrated" if ranking.emulator.get("calibration_file") else "uncalibrated"
-    return (f"auto with the Performance Emulator ({source}, {cal}): least predicted latency "
+    return (f"auto: chosen by the Performance Emulator ({source}, {cal}): least predicted latency "
             f"{e.total_s * 1e3:.3f} ms (backbone {e.backbone_s * 1e3:.3f}, CPM in the TEE {e.cpm_s * 1e3:.3f}, "
             f"transfer {e.transfer_s * 1e3:.3f}) among {len(ranking.eligible)} strategies meeting the floors "
             f"({ranking.floors}) within the secure-memory budget")
