@@ -154,3 +154,22 @@ def test_tune_calibrates_on_the_tee_simulator(tmp_path):
         total = s["backbone_measured"] + s["cpm_measured"] + s["transfer_measured"]
         e = emu.estimate(by_name[s["name"]], lenet)
         assert e.total_s == pytest.approx(total, rel=0.5), (s["name"], e.total_s, total)
+
+
+def test_kernels_and_predictions_from_an_onnx_path(lenet, tmp_path):
+    """An ONNX path goes through the front end's Relax import, like the module it holds."""
+    import onnx
+
+    from mirrornet_tvm.emulator.workloads import as_kernels
+    from mirrornet_tvm.errors import ModelError
+
+    model, mk = lenet
+    path = tmp_path / "lenet.onnx"
+    onnx.save(model.proto, str(path))
+    from_path = as_kernels(path, target=mk.target)
+    assert from_path and _multiset(from_path) == _multiset(as_kernels(model.relax(), target=mk.target))
+    emu = Emulator(_synthetic_model(mk, [c.strategy for c in generate_strategies(mk.graph, budget_bytes=None)[::20]]),
+                   mk.target)
+    assert emu.predict(str(path)) == pytest.approx(emu.predict(model.relax())) and emu.predict(path) > 0
+    with pytest.raises(ModelError, match="does not exist"):
+        as_kernels(tmp_path / "missing.onnx")

@@ -142,8 +142,8 @@ def ranking_table(ranking, top: int = 0) -> str:
         if i != previous + 1:
             lines.append(f"{'...':>4}")
         previous = i
-        mark = ("*" if e is ranking.selected else " ") + ("P" if ranking.on_front(e) else " ") \
-            + ("f" if e.name in eligible else " ")
+        mark = ("*" if e is ranking.selected else "") + ("P" if ranking.on_front(e) else "") \
+            + ("f" if e.name in eligible else "")
         lines.append(f"{i:>4}  {e.name:<{w}}  {e.total_s * 1e3:>9.3f}  {e.backbone_s * 1e3:>9.3f}  "
                      f"{e.cpm_s * 1e3:>9.3f}  {e.transfer_s * 1e3:>9.3f}  {e.secure_bytes / 1024:>10.1f}  "
                      f"{100 * e.flop_share:>5.2f}%  {mark}".rstrip())
