@@ -10,7 +10,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from mirrornet_tvm.build import TARGET_PRESETS, build_backbone, host_cpu, resolve_target
+from mirrornet_tvm.build import (TARGET_PRESETS, apply_default_schedules, build_backbone, host_cpu,
+                                  lower_backbone, resolve_target)
 from mirrornet_tvm.errors import CompileError, UsageError
 from mirrornet_tvm.transform import MirrorNetPartition
 from test_partition_models import (Combined, Micro, export_combined, relax_module, sample_input,
@@ -41,6 +42,7 @@ def test_host_library_loads_on_the_relax_vm_and_computes_the_taps(partitioned, t
     assert build.target == {"kind": "llvm", "mcpu": host_cpu(), "num-cores": build.target["num-cores"]}
     assert build.lib_bytes == (tmp_path / "backbone.so").stat().st_size > 0
     assert build.kernels > 0 and build.cross_compiler is None
+    assert build.default_kernels == build.kernels and build.tuned_kernels == 0  # no record: default rule
     header = elf_header(tmp_path / "backbone.so")
     assert header["type"] == ET_DYN
 
@@ -52,6 +54,35 @@ def test_host_library_loads_on_the_relax_vm_and_computes_the_taps(partitioned, t
     for got, ref in zip(outs, [want[2], want[3], want[1]]):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     assert len(outs) == 3
+
+
+def test_naive_loops_on_request_compute_the_same_as_the_default_schedules(partitioned, tmp_path):
+    _, mod = partitioned
+    naive = build_backbone(mod, "host", out=tmp_path / "naive.so", default_schedules=False)
+    scheduled = build_backbone(mod, "host", out=tmp_path / "scheduled.so")
+    assert naive.default_kernels == 0 and scheduled.default_kernels == scheduled.kernels > 0
+    x = sample_input(seed=3)
+    outs = {}
+    for name in ("naive", "scheduled"):
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(tmp_path / f"{name}.so")), tvm.cpu())
+        outs[name] = [t.numpy() for t in vm["backbone"](tvm.runtime.tensor(x))]
+    for a, b in zip(outs["naive"], outs["scheduled"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_default_schedules_leave_the_module_as_it_was(partitioned):
+    _, mod = partitioned
+    lowered = lower_backbone(mod)
+    kernels = {gv.name_hint: f for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    scheduled, count = apply_default_schedules(lowered, resolve_target("host").target)
+    assert count == len(kernels) > 0
+    for gv, f in lowered.functions_items():  # the input module is unchanged
+        if gv.name_hint in kernels:
+            assert f.same_as(kernels[gv.name_hint]) and "tirx.is_scheduled" not in (f.attrs or {})
+    assert all(f.attrs["tirx.is_scheduled"] for _, f in scheduled.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc))
+    again, count_again = apply_default_schedules(scheduled, resolve_target("host").target)
+    assert count_again == 0  # already scheduled kernels (e.g. tuned ones) are left alone
 
 
 def test_rpi3_library_is_an_aarch64_shared_object(partitioned, tmp_path):
@@ -108,6 +139,7 @@ def test_tuning_database_is_reused_by_a_second_build(tmp_path):
     db = tmp_path / "db"
     first = build_backbone(mod, "host", database=db, tune_trials=1, out=tmp_path / "a.so")
     assert first.new_trials >= 1 and first.tuning == "tuned (1 trials)" and first.tuned_kernels == 1
+    assert first.default_kernels == 0  # the tuned kernel keeps its tuned schedule
     records = (db / "database_tuning_record.json").read_bytes()
     assert records.strip()
     assert not psutil.Process().children(recursive=True), "tuning left worker processes running"

@@ -10,7 +10,12 @@ Optional MetaSchedule tuning writes its records to a JSON database folder; the f
 ``mirrornet_tuning.json``, the trial budget each backbone workload was tuned with, so a second build with
 the same or a smaller budget reuses the records without measuring anything. Every build says whether it
 is "untuned" or "tuned (N trials)", N being the valid measurements the database holds for the
-backbone's kernels (kernels without one keep TVM's default, untuned, schedule).
+backbone's kernels.
+
+Kernels without a tuning record get the default CPU schedule of ``codegen.schedule.CpmCpuSchedule``
+(register-blocked output rows, inlined elementwise chains: the same rule the CPM's C code uses) instead of
+the naive loop nests ``LegalizeOps`` writes. On the zoo models that made the untuned backbone 8-16x faster
+on the Relax VM (bench/backbone_speed.py); ``default_schedules=False`` keeps the naive loops.
 """
 from __future__ import annotations
 
@@ -29,9 +34,11 @@ import tvm
 import tvm_ffi
 from tvm import relax
 from tvm.ir.utils import derived_object
+from tvm.s_tir import dlight
 from tvm.s_tir import meta_schedule as ms
 from tqdm import tqdm
 
+from .codegen.schedule import CpmCpuSchedule
 from .errors import CompileError, UsageError
 from .transform.apply_database import ApplyTuningDatabase
 from .transform.extract_functions import ExtractFunctions
@@ -87,6 +94,7 @@ class BackboneBuild:
     tune_trials: int  # valid measurements the database holds for the backbone's kernels (0: untuned)
     new_trials: int  # measurements made by this build (0 when it reused the database)
     tuned_kernels: int  # PrimFuncs that got a schedule from the database
+    default_kernels: int  # PrimFuncs without a record that got the default CPU schedule
     kernels: int  # PrimFuncs of the backbone
     lib_bytes: int
     cross_compiler: str | None
@@ -166,13 +174,14 @@ def lower_backbone(mod: tvm.IRModule) -> tvm.IRModule:
 
 
 def build_backbone(mod: tvm.IRModule, target=None, database=None, out="backbone.so", *,
-                   tune_trials: int = 0, log=None) -> BackboneBuild:
+                   tune_trials: int = 0, default_schedules: bool = True, log=None) -> BackboneBuild:
     """Compile ``mod["backbone"]`` for ``target`` and export it atomically as a shared library at ``out``.
 
     ``database``: a MetaSchedule database or a folder; its tuned schedules are applied. With
     ``tune_trials > 0`` the backbone is tuned first (records go to ``database``, or to a temporary
     folder when none is given) unless the database already holds a tuning of this workload with at
-    least that many trials.
+    least that many trials. Kernels the database has no record for get the default CPU schedule
+    (``default_schedules=False``: TVM's naive loop nests, for comparison).
     """
     log = log or (lambda msg: None)
     if tune_trials < 0:
@@ -213,7 +222,12 @@ def build_backbone(mod: tvm.IRModule, target=None, database=None, out="backbone.
             log(f"tuning produced no valid schedule ({new_trials} measurements failed; see "
                 f"{db_dir / 'logs'}): the backbone is built untuned")
         tuned_trials = _measured_trials(db, lowered, spec.target) if tuned_kernels else 0
-        log(f"compiling the backbone for {spec.name} ({'tuned' if tuned_trials else 'untuned'})")
+        default_kernels = 0
+        if default_schedules:
+            applied, default_kernels = apply_default_schedules(applied, spec.target)
+        log(f"compiling the backbone for {spec.name} ({'tuned' if tuned_trials else 'untuned'}; "
+            f"{tuned_kernels} tuned, {default_kernels} default-scheduled, "
+            f"{kernels - tuned_kernels - default_kernels} naive kernels)")
         try:
             executable = tvm.compile(applied, spec.target)
         except Exception as err:
@@ -226,7 +240,25 @@ def build_backbone(mod: tvm.IRModule, target=None, database=None, out="backbone.
         path=str(out), entry=ENTRY, target_name=spec.name, target=spec.config,
         tuning=f"tuned ({tuned_trials} trials)" if tuned_trials else "untuned",
         tune_trials=tuned_trials, new_trials=new_trials, tuned_kernels=tuned_kernels, kernels=kernels,
-        lib_bytes=size, cross_compiler=spec.cross_compiler)
+        default_kernels=default_kernels, lib_bytes=size, cross_compiler=spec.cross_compiler)
+
+
+def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, int]:
+    """Give every PrimFunc not yet scheduled (no tuning record) the default CPU schedule.
+
+    Returns a new module (``mod`` is left as it was) and how many kernels the rule scheduled.
+    """
+    copy = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    before = {gv.name_hint: f for gv, f in copy.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    try:
+        with target:
+            scheduled = dlight.ApplyDefaultSchedule(CpmCpuSchedule())(copy)
+    except Exception as err:  # noqa: BLE001 - TVM raises several error types from schedule primitives
+        raise CompileError(f"the default CPU schedule failed on the backbone ({err}); build with "
+                           "default_schedules=False to keep TVM's naive loops") from None
+    changed = sum(not before[gv.name_hint].same_as(f) for gv, f in scheduled.functions_items()
+                  if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint in before)
+    return scheduled, changed
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
