@@ -235,21 +235,52 @@ def _manifest(artifact, mod, spec, backbone, cpm, stage: Path, timings) -> dict:
     }
 
 
+MEMORY_TOLERANCE_BYTES = 0  # the estimate models the emitter's plan exactly (default CPM schedules)
+
+
 def _secure_memory(artifact, cpm, cpm_inputs) -> dict:
-    """The generated CPM's secure-memory bytes next to the strategy's estimate (strategy.secure_memory)."""
+    """The generated CPM's secure-memory bytes next to the strategy's estimate (strategy.secure_memory).
+
+    ``generated``: what the TA holds for this build: the C's weight arrays and static arena, its
+    copy of the taps and its logits buffer (``code`` is the generated C source, outside the estimate).
+    ``estimate``: :func:`mirrornet_tvm.strategy.secure_memory` of the artifact's strategy, the figure
+    strategy selection and the emulator used. ``within_estimate``: every component of the build is
+    at most its estimate plus ``tolerance_bytes`` (0: the estimate predicts the emitter's plan);
+    ``exact``: they are equal. Identical weight arrays stored once, or tuned CPM kernels with other
+    workspaces, can make the build differ; ``note`` says which applies.
+    """
     generated = {"weights": cpm.weight_bytes, "arena": cpm.arena_bytes,
                  "taps": sum(i["bytes"] for i in cpm_inputs), "logits": FLOAT_BYTES * cpm.num_classes}
     generated["total"] = sum(generated.values())
+    generated["code"] = cpm.code_bytes
     try:
         from .analysis import as_graph
         from .strategy import secure_memory
 
-        estimate = secure_memory(artifact.strategy, as_graph(artifact.proto)).to_dict()
+        mem = secure_memory(artifact.strategy, as_graph(artifact.proto))
     except Exception as err:  # a combined model not mirrored by `mirrornet protect` has no plan
-        return {"generated": generated, "estimate": None,
+        return {"generated": generated, "estimate": None, "within_estimate": None,
                 "note": f"no estimate: the strategy's CPM plan does not apply to this model ({err})"}
-    return {"generated": generated, "estimate": estimate,
-            "within_estimate": generated["total"] <= estimate["total"]}
+    estimate = {"weights": mem.weights, "arena": mem.arena, "taps": mem.taps, "logits": mem.logits,
+                "total": mem.total}
+    parts = ("weights", "arena", "taps", "logits")
+    difference = {k: estimate[k] - generated[k] for k in (*parts, "total")}
+    within = all(generated[k] <= estimate[k] + MEMORY_TOLERANCE_BYTES for k in parts)
+    exact = all(difference[k] == 0 for k in parts)
+    tuned = sorted(k for k, how in cpm.schedules if how == "tuned")
+    if exact:
+        note = "the build matches the estimate byte for byte"
+    else:
+        causes = []
+        if difference["weights"] > 0:
+            causes.append("identical weight arrays are stored once")
+        if tuned:
+            causes.append(f"{len(tuned)} CPM kernel(s) use tuned schedules, the estimate assumes the default ones")
+        note = "the build differs from the estimate" + (f": {'; '.join(causes)}" if causes else
+                                                         " (the CPM has an operator the estimate does not model)")
+    return {"generated": generated, "estimate": estimate, "difference": difference,
+            "tolerance_bytes": MEMORY_TOLERANCE_BYTES, "within_estimate": within, "exact": exact,
+            "note": note}
 
 
 def _numel(shape) -> int:

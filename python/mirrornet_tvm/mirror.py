@@ -31,7 +31,7 @@ from onnx import helper, numpy_helper
 from . import __version__
 from .errors import StrategyError
 from .graph import GraphNet, _avg_pool
-from .strategy import FLOAT_BYTES, SecureMemory, Strategy
+from .strategy import FLOAT_BYTES, SecureMemory, Strategy, cpm_secure_memory
 
 MIN_CHANNELS = 4
 CPM_PREFIX = "cpm/"
@@ -98,9 +98,8 @@ class CpmPlan:
         return peak
 
     def secure_memory(self) -> SecureMemory:
-        taps = sum(int(np.prod(shape)) for _, shape in self.inputs) * FLOAT_BYTES
-        return SecureMemory(weights=self.params * FLOAT_BYTES, activations=self.activation_peak_bytes(),
-                            taps=taps, logits=self.num_classes * FLOAT_BYTES)
+        """The compiled CPM's secure memory (generated C's weights and arena; TA tap and logit buffers)."""
+        return cpm_secure_memory(self)
 
 
 def _numel(shape) -> int:

@@ -132,12 +132,15 @@ class Strategy:
 
 @dataclass(frozen=True)
 class SecureMemory:
-    """Bytes the CPM needs inside the trusted application, by component (float32 throughout).
+    """Bytes the CPM needs inside the trusted application, by component, as the TA holds them.
 
-    ``weights``: every CPM parameter as deployed (batch norm folded into the convolution before it).
-    ``activations``: the peak of the CPM's own live intermediates (liveness in execution order).
-    ``taps``: the tapped maps (and, for ``output == "correction"``, the backbone logits) copied into TA
-    memory before the CPM runs. ``logits``: the output buffer.
+    ``weights``: the ``static const`` arrays of the generated C (every CPM parameter as deployed,
+    batch norm folded into the convolution before it). ``activations``: the generated C's static
+    arena (every intermediate and kernel workspace, 64-byte aligned, placed by the emitter's
+    planner), i.e. ``MIRRORNET_CPM_ARENA_BYTES``. ``taps``: the TA's copy of the tapped maps (and,
+    for ``output == "correction"``, of the backbone logits), ``MIRRORNET_CPM_TAP_FLOATS`` floats.
+    ``logits``: the TA's output buffer, ``MIRRORNET_CPM_NUM_CLASSES`` floats.
+    See :func:`cpm_secure_memory` for how it is predicted from a CPM plan.
     """
 
     weights: int
@@ -146,12 +149,33 @@ class SecureMemory:
     logits: int
 
     @property
+    def arena(self) -> int:
+        """The CPM's static arena (the same bytes as ``activations``)."""
+        return self.activations
+
+    @property
     def total(self) -> int:
         return self.weights + self.activations + self.taps + self.logits
 
     def to_dict(self) -> dict:
         return {"weights": self.weights, "activations": self.activations, "taps": self.taps,
                 "logits": self.logits, "total": self.total}
+
+
+def cpm_secure_memory(plan) -> SecureMemory:
+    """Secure memory of the CPM of ``plan`` (a :class:`mirrornet_tvm.mirror.CpmPlan`) once compiled.
+
+    Weights and arena are those the C generator will emit under the default CPM schedules,
+    predicted without running TVM by :func:`mirrornet_tvm.codegen.arena_estimate.estimate_arena`
+    (same kernels, same liveness and alignment rules, same placement code); ``mirrornet compile``
+    reports the generated sizes next to this estimate.
+    """
+    from .codegen.arena_estimate import estimate_arena
+
+    arena = estimate_arena(plan)
+    taps = sum(math.prod(shape) for _, shape in plan.inputs) * FLOAT_BYTES
+    return SecureMemory(weights=arena.weight_bytes, activations=arena.arena_bytes, taps=taps,
+                        logits=plan.num_classes * FLOAT_BYTES)
 
 
 @dataclass(frozen=True)

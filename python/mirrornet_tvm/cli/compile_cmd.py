@@ -43,4 +43,12 @@ def compile_(artifact, build_dir, target, tune_trials, database, dump_ir, as_jso
                f"{s['cpm_weight_bytes']:,} B  arena {s['cpm_arena_bytes']:,} B")
     click.echo(f"taps       {s['tap_bytes_per_inference']:,} B per inference "
                f"({', '.join(i['name'] for i in m['cpm']['inputs'])})")
+    mem = m["secure_memory"]
+    if mem.get("estimate"):
+        g, e = mem["generated"], mem["estimate"]
+        verdict = "exact" if mem["exact"] else ("within" if mem["within_estimate"] else "OVER")
+        click.echo(f"secure     {g['total']:,} B (weights + arena + taps + logits); strategy estimate "
+                   f"{e['total']:,} B: {verdict}")
+    else:
+        click.echo(f"secure     {mem['generated']['total']:,} B (weights + arena + taps + logits); {mem['note']}")
     click.echo(f"time       {sum(m['seconds'].values()):.1f} s")

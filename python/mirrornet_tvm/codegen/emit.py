@@ -33,7 +33,7 @@ from ..util import atomic_write
 from .c_kernels import KernelSource, kernels_to_c
 from .kernel_graph import CpmProgram, read_program
 from .lower import lower_cpm, schedule_report
-from .memory_plan import ArenaPlan, BufferLife, plan_arena
+from .memory_plan import ArenaPlan, BufferLife, KernelStep, kernel_lifetimes, plan_arena
 
 SOURCE_NAME = "mirrornet_cpm.c"
 HEADER_NAME = "mirrornet_cpm.h"
@@ -101,19 +101,9 @@ def _weight_array(name: str, array: np.ndarray, comment: str) -> str:
 
 
 def _lifetimes(program: CpmProgram, kernels: dict[str, KernelSource]) -> list[BufferLife]:
-    last_read: dict[str, int] = {}
-    for step, call in enumerate(program.calls):
-        for name in call.inputs:
-            last_read[name] = step
-    lives = []
-    for step, call in enumerate(program.calls):
-        for name in call.outputs:
-            if name != program.result:
-                value = program.value(name)
-                lives.append(BufferLife(name, value.nbytes, step, max(step, last_read.get(name, step))))
-        for k, size in enumerate(kernels[call.kernel].workspace_bytes):
-            lives.append(BufferLife(f"ws{step}_{k}", size, step, step))
-    return lives
+    steps = [KernelStep(call.inputs, tuple((n, program.value(n).nbytes) for n in call.outputs),
+                        tuple(kernels[call.kernel].workspace_bytes)) for call in program.calls]
+    return kernel_lifetimes(steps, program.result)
 
 
 def _shape_text(shape) -> str:

@@ -7,6 +7,11 @@ strategy TensorFlow Lite Micro and TVM's static planner use: place the largest b
 at the lowest aligned offset that does not collide with an already placed buffer whose lifetime
 overlaps its own. The result is never below the peak of simultaneously live bytes and usually equal
 to it for the chain-shaped CPMs.
+
+The same two functions serve the C emitter (over the kernels TVM produced) and the strategy's
+secure-memory estimate (over the kernels :mod:`.arena_estimate` predicts from a CPM plan), so the
+two apply one set of liveness and alignment rules: :func:`kernel_lifetimes` turns a sequence of
+kernel steps into buffer lifetimes, :func:`plan_arena` places them.
 """
 from __future__ import annotations
 
@@ -39,6 +44,38 @@ class ArenaPlan:
             if n == name:
                 return off
         raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class KernelStep:
+    """One kernel call as the arena sees it: the values it reads, the values it writes (name, bytes),
+    and the bytes of each workspace it needs while it runs (in parameter order)."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[tuple[str, int], ...]
+    workspaces: tuple[int, ...] = ()
+
+
+def kernel_lifetimes(steps, result: str) -> list[BufferLife]:
+    """Arena buffers of a straight-line kernel program, in the order the emitter names them.
+
+    Every output except ``result`` (the logits, written straight to the caller's buffer) lives from
+    its step to the last step that reads it; workspace ``k`` of step ``s`` is ``ws<s>_<k>`` and
+    lives during its step only. Names of values that are not outputs (taps, weights) are ignored.
+    """
+    steps = list(steps)
+    last_read: dict[str, int] = {}
+    for step, call in enumerate(steps):
+        for name in call.inputs:
+            last_read[name] = step
+    lives = []
+    for step, call in enumerate(steps):
+        for name, size in call.outputs:
+            if name != result:
+                lives.append(BufferLife(name, int(size), step, max(step, last_read.get(name, step))))
+        for k, size in enumerate(call.workspaces):
+            lives.append(BufferLife(f"ws{step}_{k}", int(size), step, step))
+    return lives
 
 
 def _align(value: int, alignment: int) -> int:

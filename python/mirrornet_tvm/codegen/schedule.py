@@ -108,6 +108,21 @@ def _largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 
 
+def register_tile(width: int) -> int | None:
+    """Columns of one register tile for an output row of ``width``, or None when the row is not
+    moved inside the reduction (shorter than ``MIN_ROW``, or no divisor up to ``MAX_ROW``).
+
+    Shared with the secure-memory estimate (:mod:`.arena_estimate`), which predicts the workspace a
+    blocked reduction leaves in the arena.
+    """
+    return _row_tile(width) if width >= MIN_ROW else None
+
+
+def channel_block(channels: int, tile: int) -> int:
+    """Output channels that share each input row load, for register tiles of ``tile`` columns."""
+    return _largest_divisor(channels, MAX_TILE // tile)
+
+
 def _unroll_below(sch, block_rv, loop_rv, skip=()) -> None:
     """Unroll every loop of ``block_rv`` nested inside ``loop_rv`` (except the loops in ``skip``)."""
     anchor = sch.get(loop_rv).loop_var
@@ -138,12 +153,12 @@ def _schedule_reduction(sch, block_rv) -> None:
     width = extent(row) if row is not None else 0
     movable = (
         row is not None and len(spatial) >= 2
-        and width >= MIN_ROW
+        and register_tile(width) is not None
         and write[-1].min.same_as(var(row))
         and all(not any(_uses(r.min, var(row)) for r in read.region) or _uses(read.region[-1].min, var(row))
                 for read in block.reads)
     )
-    tile = _row_tile(width) if movable else None
+    tile = register_tile(width) if movable else None
     if tile is None:
         sch.decompose_reduction(block_rv, loops[bound[reductions[0]]])
         return
@@ -170,7 +185,7 @@ def _schedule_reduction(sch, block_rv) -> None:
     inner = [row_loop]
     plane = None
     if chan is not None and write[-3].min.same_as(var(chan)) and write[-2].min.same_as(var(spatial[-2])):
-        block_c = _largest_divisor(extent(chan), MAX_TILE // tile)
+        block_c = channel_block(extent(chan), tile)
         c_loop = loops[bound[chan]]
         if block_c > 1:
             c_outer, c_inner = sch.split(c_loop, factors=[None, block_c])

@@ -1,0 +1,168 @@
+"""The CPM's arena and weights as the C emitter will plan them, predicted from a CPM plan in microseconds.
+
+Generating the C (:func:`.emit.generate_cpm_c`) takes about a second per CPM, most of it in TVM's
+legalization; choosing among hundreds of strategies needs their secure memory at once. This module
+predicts, from a :class:`mirrornet_tvm.mirror.CpmPlan` alone, the kernel program the compile path
+produces with the default schedules, and plans its arena with the emitter's own functions
+(:func:`.memory_plan.kernel_lifetimes`, :func:`.memory_plan.plan_arena`): same liveness, same
+64-byte alignment, same greedy placement. What it predicts:
+
+- **Kernels** (TVM's ``FuseOps`` on the CPM's operators): a convolution or a dense layer (Gemm)
+  anchors a kernel with its bias and absorbs the elementwise operators (ReLU, LeakyReLU, Clip, Add)
+  that follow while the value they read has no other reader; an elementwise operator with two
+  fusable producers joins the one that comes first; at most one convolution or Gemm per kernel.
+  Pools, global average pools, flattens (a copy) and concatenations are kernels of their own; an
+  elementwise operator no kernel absorbs starts one. A kernel runs at the position of its last
+  operator.
+- **Workspaces** (what :class:`.lift_workspace.LiftWorkspace` moves to the arena after
+  :class:`.schedule.CpmCpuSchedule`): a padded convolution's zero-padded input; a convolution's
+  result before its epilogue, one block of planes (:func:`.schedule.channel_block` output channels
+  of the whole map) when its rows are register-tiled (:func:`.schedule.register_tile`), else the
+  whole map; a Gemm's product before its bias; a global average pool's per-channel sums.
+- **Weights**: every Conv and Gemm weight and bias of the plan as ``static const float`` arrays.
+
+The prediction is exact for CPMs made of these operators under the default schedules, which the
+test suite checks against the real C generator over the zoo and a grid of strategies. Two things
+it cannot see make the generated CPM smaller, never larger: identical weight arrays (the emitter
+stores them once) and a tuning database whose schedules need less workspace. A tuned schedule may
+also need more; the compile manifest reports the generated sizes next to this estimate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .memory_plan import DEFAULT_ALIGNMENT, KernelStep, kernel_lifetimes, plan_arena
+from .schedule import channel_block, register_tile
+
+FLOAT_BYTES = 4
+ANCHORS = ("Conv", "Gemm", "MaxPool", "AveragePool")
+ELEMENTWISE = ("Relu", "LeakyRelu", "Clip", "Add", "BatchNormalization")
+STANDALONE = ("GlobalAveragePool", "Flatten", "Concat")
+
+
+@dataclass(frozen=True)
+class ArenaEstimate:
+    """Predicted memory of the generated CPM C: arena and weight bytes, and the kernels behind them."""
+
+    arena_bytes: int
+    weight_bytes: int
+    peak_live_bytes: int
+    steps: tuple[KernelStep, ...]
+    kernels: tuple[tuple[str, ...], ...]  # plan op keys of each predicted kernel, in run order
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+class _Kernel:
+    def __init__(self, index: int, anchor):
+        self.index = index          # creation order (FuseOps visits producers first)
+        self.anchor = anchor        # the Conv/Gemm op, or None
+        self.ops: list = []
+        self.last = -1              # plan position of the last op
+        self.open = True            # may still absorb elementwise consumers
+
+    @property
+    def output(self):
+        return self.ops[-1]
+
+
+def _kernels(plan) -> list[_Kernel]:
+    readers: dict[str, int] = {}
+    for op in plan.ops:
+        for name in op.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    owner: dict[str, _Kernel] = {}
+    kernels: list[_Kernel] = []
+
+    def start(op, pos, anchor=None, open_=True):
+        k = _Kernel(len(kernels), anchor)
+        k.open = open_
+        kernels.append(k)
+        return add(k, op, pos)
+
+    def add(k, op, pos):
+        k.ops.append(op)
+        k.last = pos
+        owner[op.output] = k
+        return k
+
+    for pos, op in enumerate(plan.ops):
+        if op.op in ANCHORS:
+            start(op, pos, anchor=op)
+        elif op.op in ELEMENTWISE and len({tuple(plan_shape) for plan_shape in _input_shapes(plan, op)}) <= 1:
+            candidates = [owner[t] for t in op.inputs
+                          if t in owner and owner[t].open and owner[t].output.output == t and readers[t] == 1]
+            if candidates:
+                add(min(candidates, key=lambda k: k.index), op, pos)
+            else:
+                start(op, pos)
+        else:  # STANDALONE, a broadcasting elementwise op, or an op this model does not know
+            start(op, pos, open_=False)
+    return sorted(kernels, key=lambda k: k.last)
+
+
+def _input_shapes(plan, op):
+    shapes = {o.output: o.shape for o in plan.ops}
+    shapes.update({name: shape for name, shape in plan.inputs})
+    return [shapes[t] for t in op.inputs if t in shapes]
+
+
+def _workspaces(kernel: _Kernel, in_shapes: dict) -> tuple[int, ...]:
+    op = kernel.anchor
+    if op is None:
+        first = kernel.ops[0]
+        if first.op == "GlobalAveragePool":
+            return (FLOAT_BYTES * first.shape[1],)
+        return ()
+    if op.op == "Gemm":
+        return (FLOAT_BYTES * _numel(op.shape),)
+    a = op.attrs
+    out = []
+    pads = tuple(a.get("pads") or (0, 0, 0, 0))
+    if any(pads):
+        n, c, h, w = in_shapes[op.inputs[0]]
+        half = len(pads) // 2
+        out.append(FLOAT_BYTES * n * c * (h + pads[0] + pads[half]) * (w + pads[1] + pads[half + 1]))
+    _, cout, h, w = op.shape
+    tile = register_tile(w) if h * w > 0 else None
+    block = channel_block(cout, tile) if tile is not None else cout
+    if op.op != "MaxPool" or len(kernel.ops) > 1:  # a max pool without epilogue writes its output directly
+        out.append(FLOAT_BYTES * block * h * w)
+    return tuple(out)
+
+
+def _folded_params(op) -> int:
+    """Constants of a non-anchor op once TVM folds them: a lone batch norm keeps a scale and a shift."""
+    return 2 * op.shape[1] if op.op == "BatchNormalization" else op.params
+
+
+def estimate_arena(plan, alignment: int = DEFAULT_ALIGNMENT) -> ArenaEstimate:
+    """The arena and weight bytes the C emitter will plan for ``plan``'s CPM (see the module docstring)."""
+    kernels = _kernels(plan)
+    shapes = {name: tuple(shape) for name, shape in plan.inputs}
+    shapes.update({op.output: tuple(op.shape) for op in plan.ops})
+    produced = {op.output: k for k in kernels for op in k.ops}
+    step_of = {id(k): i for i, k in enumerate(kernels)}
+    result = plan.output
+    steps = []
+    for i, k in enumerate(kernels):
+        inside = {op.output for op in k.ops}
+        inputs = []
+        for op in k.ops:
+            for t in op.inputs:
+                if t not in inside and t not in inputs:
+                    inputs.append(t)
+        names = [f"t{step_of[id(produced[t])]}" if t in produced else t for t in inputs]
+        out = k.output.output
+        name = result if out == result else f"t{i}"
+        steps.append(KernelStep(tuple(names), ((name, FLOAT_BYTES * _numel(shapes[out])),),
+                                _workspaces(k, shapes)))
+    arena = plan_arena(kernel_lifetimes(steps, result), alignment)
+    weights = FLOAT_BYTES * sum(_folded_params(op) for op in plan.ops)
+    return ArenaEstimate(arena.arena_bytes, weights, arena.peak_live_bytes, tuple(steps),
+                         tuple(tuple(op.key for op in k.ops) for k in kernels))
