@@ -126,7 +126,8 @@ from mirrornet_tvm.build import build_backbone
 built = build_backbone(mod, target="host", out=out / "host" / "backbone.so")
 print(built.path, built.lib_bytes, "bytes,", built.tuning)
 lib_vm = relax.VirtualMachine(tvm.runtime.load_module(built.path), tvm.cpu())
-assert all(np.allclose(a.numpy(), b.numpy()) for a, b in zip(lib_vm["backbone"](image), taps))
+# (the library's kernels carry the default CPU schedule, which sums in another order: float rounding)
+assert all(np.allclose(a.numpy(), b.numpy(), atol=1e-5) for a, b in zip(lib_vm["backbone"](image), taps))
 if shutil.which("aarch64-linux-gnu-gcc"):
     pi = build_backbone(mod, target="rpi3", out=out / "rpi3" / "backbone.so")
     print(pi.path, pi.lib_bytes, "bytes, for", pi.target)
