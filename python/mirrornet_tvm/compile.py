@@ -246,8 +246,8 @@ def _secure_memory(artifact, cpm, cpm_inputs) -> dict:
     ``estimate``: :func:`mirrornet_tvm.strategy.secure_memory` of the artifact's strategy, the figure
     strategy selection and the emulator used. ``within_estimate``: every component of the build is
     at most its estimate plus ``tolerance_bytes`` (0: the estimate predicts the emitter's plan);
-    ``exact``: they are equal. Identical weight arrays stored once, or tuned CPM kernels with other
-    workspaces, can make the build differ; ``note`` says which applies.
+    ``exact``: they are equal. Tuned CPM kernels (other workspaces) or an operator the estimate does
+    not model can make the build differ; ``note`` says which applies.
     """
     generated = {"weights": cpm.weight_bytes, "arena": cpm.arena_bytes,
                  "taps": sum(i["bytes"] for i in cpm_inputs), "logits": FLOAT_BYTES * cpm.num_classes}
@@ -272,12 +272,11 @@ def _secure_memory(artifact, cpm, cpm_inputs) -> dict:
         note = "the build matches the estimate byte for byte"
     else:
         causes = []
-        if difference["weights"] > 0:
-            causes.append("identical weight arrays are stored once")
-        if tuned:
+        if difference["arena"] and tuned:
             causes.append(f"{len(tuned)} CPM kernel(s) use tuned schedules, the estimate assumes the default ones")
-        note = "the build differs from the estimate" + (f": {'; '.join(causes)}" if causes else
-                                                         " (the CPM has an operator the estimate does not model)")
+        if difference["weights"] or (difference["arena"] and not tuned):
+            causes.append("the CPM has an operator the estimate does not model exactly")
+        note = f"the build differs from the estimate: {'; '.join(causes)}"
     return {"generated": generated, "estimate": estimate, "difference": difference,
             "tolerance_bytes": MEMORY_TOLERANCE_BYTES, "within_estimate": within, "exact": exact,
             "note": note}

@@ -22,10 +22,10 @@ produces with the default schedules, and plans its arena with the emitter's own 
 - **Weights**: every Conv and Gemm weight and bias of the plan as ``static const float`` arrays.
 
 The prediction is exact for CPMs made of these operators under the default schedules, which the
-test suite checks against the real C generator over the zoo and a grid of strategies. Two things
-it cannot see make the generated CPM smaller, never larger: identical weight arrays (the emitter
-stores them once) and a tuning database whose schedules need less workspace. A tuned schedule may
-also need more; the compile manifest reports the generated sizes next to this estimate.
+test suite checks against the real C generator over the zoo and a grid of strategies (the emitter
+keeps one array per constant, so weights with equal values still count separately, as here). It
+cannot see a tuning database: tuned CPM kernels may need other workspaces. The compile manifest
+reports the generated sizes next to this estimate.
 """
 from __future__ import annotations
 

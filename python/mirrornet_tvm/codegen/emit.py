@@ -282,6 +282,32 @@ def measure_stack(out_dir: Path, compiler: str | None = None) -> tuple[int | Non
     return entry + max(frames.values(), default=0), f"{compiler} {' '.join(STACK_FLAGS)}"
 
 
+@dataclass(frozen=True)
+class CpmMemory:
+    """The arena and weights :func:`generate_cpm_c` plans for a CPM, without writing any C."""
+
+    arena_bytes: int
+    weight_bytes: int
+    peak_live_bytes: int
+    buffers: tuple[BufferLife, ...]  # every arena buffer (intermediates, workspaces) and its lifetime
+    schedules: tuple[tuple[str, str], ...]  # (kernel, "tuned" | "default" | "naive")
+
+
+def cpm_memory(mod: tvm.IRModule, func_name: str = "cpm", target=None, database=None, *,
+               default_schedules: bool = True) -> CpmMemory:
+    """Lower ``mod[func_name]`` exactly as :func:`generate_cpm_c` does and plan its arena."""
+    lowered = lower_cpm(mod, func_name, target=target, database=database, default_schedules=default_schedules)
+    program = read_program(lowered, func_name)
+    kernels = kernels_to_c(lowered, {call.kernel: len(call.inputs) for call in program.calls})
+    lives = _lifetimes(program, kernels)
+    plan = plan_arena(lives)
+    report = schedule_report(lowered)
+    return CpmMemory(plan.arena_bytes, sum(v.nbytes for v in program.values if v.kind == "weight"),
+                     plan.peak_live_bytes, tuple(lives),
+                     tuple((name, report.get(name, "naive")) for name in
+                           dict.fromkeys(call.kernel for call in program.calls)))
+
+
 def generate_cpm_c(mod: tvm.IRModule, func_name: str = "cpm", out_dir: Path | None = None, target=None,
                    database=None, source_desc: str = "a Relax CPM function", *,
                    default_schedules: bool = True, stack_compiler: str | None = None,

@@ -83,7 +83,8 @@ def read_program(lowered: tvm.IRModule, func_name: str) -> CpmProgram:
     call_tir = tvm.ir.Op.get("relax.call_tir")
     values: dict[str, Value] = {}
     weights: list[np.ndarray] = []
-    weight_of_bytes: dict[bytes, str] = {}
+    weight_of: dict[int, str] = {}  # one array per Relax constant: equal values stay separate arrays,
+    # so the weights are exactly the CPM's parameters (what the secure-memory estimate counts)
     calls: list[KernelCall] = []
     names: dict[int, str] = {}  # id of Relax var/const handle -> value name
 
@@ -98,16 +99,15 @@ def read_program(lowered: tvm.IRModule, func_name: str) -> CpmProgram:
 
     def resolve(expr, what: str) -> str:
         if isinstance(expr, tvm.ir.GenericConst):
-            array = np.ascontiguousarray(expr.value.numpy())
-            if array.dtype != np.float32:
-                raise CompileError(f"{what} is a {array.dtype} constant; the CPM supports float32 weights only.")
-            digest = array.tobytes() + repr(array.shape).encode()
-            if digest not in weight_of_bytes:
+            if key(expr) not in weight_of:
+                array = np.ascontiguousarray(expr.value.numpy())
+                if array.dtype != np.float32:
+                    raise CompileError(f"{what} is a {array.dtype} constant; the CPM supports float32 weights only.")
                 name = f"w{len(weights)}"
                 weights.append(array)
                 values[name] = Value(name, "weight", tuple(int(d) for d in array.shape), len(weights) - 1)
-                weight_of_bytes[digest] = name
-            return weight_of_bytes[digest]
+                weight_of[key(expr)] = name
+            return weight_of[key(expr)]
         if isinstance(expr, relax.Var) and key(expr) in names:
             return names[key(expr)]
         raise CompileError(f"{what} is a {type(expr).__name__} the CPM C emitter does not handle ({expr}).")
