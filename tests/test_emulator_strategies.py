@@ -31,8 +31,8 @@ def _multiset(kernels):
 
 
 def _real_compile_kernels(model, strategy, target):
-    """backbone and cpm kernels as `mirrornet compile` lowers them."""
-    from mirrornet_tvm.build import lower_backbone
+    """backbone and cpm kernels as `mirrornet compile` lowers and schedules them."""
+    from mirrornet_tvm.build import apply_default_schedules, lower_backbone
     from mirrornet_tvm.codegen import lower_cpm
     from mirrornet_tvm.transform import AttachMirrorNetMetadata
     from mirrornet_tvm.transform.pipeline import mirrornet_pipeline
@@ -43,7 +43,7 @@ def _real_compile_kernels(model, strategy, target):
         frontend.to_relax(proto))
     with target:
         mod = mirrornet_pipeline(strategy)(mod)
-    backbone = tvm.relax.transform.RewriteDataflowReshape()(lower_backbone(mod))
+    backbone, _ = apply_default_schedules(tvm.relax.transform.RewriteDataflowReshape()(lower_backbone(mod)), target)
     return (kernels_of(backbone, "backbone", lowered=True),
             kernels_of(lower_cpm(mod, "cpm", target), "cpm", lowered=True))
 

@@ -1,11 +1,12 @@
 """The kernels each strategy runs: a slice of the backbone in the normal world, its CPM in the TEE.
 
 The backbone is lowered once per model, with every candidate tap as an output
-(:func:`mirrornet_tvm.analysis.relax_with_taps`); a strategy's backbone is the backward slice from
-the taps it reads (and the logits, for a ``correction`` CPM), exactly what ``MirrorNetPartition``
-keeps. The CPM is built from its plan (:func:`mirrornet_tvm.mirror.plan_cpm`) the way ``protect``
-exports it (``CPM.onnx_nodes``), imported, lowered with the cached passes of :mod:`.lowering` and
-scheduled like the generated C (``codegen``'s default CPU rule after any tuned record).
+(:func:`mirrornet_tvm.analysis.relax_with_taps`), and scheduled as ``build_backbone`` schedules it
+(tuning record, else the default CPU rule); a strategy's backbone is the backward slice from the taps
+it reads (and the logits, for a ``correction`` CPM), exactly what ``MirrorNetPartition`` keeps.
+The CPM is built from its plan (:func:`mirrornet_tvm.mirror.plan_cpm`) the way ``protect`` exports it
+(``CPM.onnx_nodes``), imported, lowered with the cached passes of :mod:`.lowering` and scheduled like
+the generated C (``codegen``'s default CPU rule after any tuned record).
 """
 from __future__ import annotations
 
@@ -117,6 +118,11 @@ class ModelKernels:
                 mod = ApplyTuningDatabase(database)(mod)
             mod = relax.transform.RewriteDataflowReshape()(mod)
         self._lowered = mod
+        # what `build_backbone` compiles: the tuned record where there is one, else the default CPU rule
+        from ..codegen.schedule import CpmCpuSchedule
+
+        funcs = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+        self._funcs = self.cache.schedule(funcs, self.target, None, CpmCpuSchedule())
         fields = _output_fields(mod["main"])
         if len(fields) != len(names):
             raise UsageError(f"the lowered model returns {len(fields)} values for {len(names)} output names")
@@ -138,12 +144,13 @@ class ModelKernels:
                 roots.append(self._outputs[name])
             if strategy.output == "correction":
                 roots.append(self._outputs[self._logits_name])
-            self._backbone[key] = _kernels(self._lowered, _slice_callees(self._lowered["main"], roots))
+            self._backbone[key] = _kernels(self._lowered, _slice_callees(self._lowered["main"], roots), self._funcs)
         return self._backbone[key]
 
     def full_model(self) -> tuple[Kernel, ...]:
         """The unprotected model's kernels (input -> logits), for reference."""
-        return _kernels(self._lowered, _slice_callees(self._lowered["main"], [self._outputs[self._logits_name]]))
+        return _kernels(self._lowered, _slice_callees(self._lowered["main"], [self._outputs[self._logits_name]]),
+                        self._funcs)
 
     # -- CPM ---------------------------------------------------------------------------------------
     def _cpm_module(self, plan) -> tvm.IRModule:
