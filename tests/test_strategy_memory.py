@@ -77,6 +77,38 @@ def test_estimate_equals_the_generated_arena_and_weights(graphs, model, taps, wi
     assert (mem.weights, mem.arena) == (real.weight_bytes, real.arena_bytes)
 
 
+class _OtherOps(torch.nn.Module):
+    """Operators the zoo lacks: clip, depthwise conv, leaky ReLU, average pool, strided and padded pools."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.c1, self.b1 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.dw, self.b2 = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16)
+        self.c3 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.fc = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        x = torch.clamp(self.b1(self.c1(x)), 0, 6)
+        x = F.avg_pool2d(F.leaky_relu(self.b2(self.dw(x)), 0.1), 2)
+        x = F.max_pool2d(torch.relu(self.c3(x)), 3, stride=2, padding=1)
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("taps, width, merge, output", [
+    (("b0_clip", "b2_averagepool"), 0.25, "add", "correction"),   # merge fused into an average pool
+    (("b1_leakyrelu", "b3_relu"), 0.5, "concat", "logits"),
+])
+def test_estimate_covers_operators_beyond_the_zoo(taps, width, merge, output):
+    torch.manual_seed(0)
+    graph = frontend.load_model(_OtherOps().eval(), (1, 28, 28)).graph()
+    plan = plan_cpm(graph, Strategy(taps, width, merge, output))
+    est = estimate_arena(plan)
+    real = cpm_memory(_cpm_module(plan), "main")
+    assert (est.arena_bytes, est.weight_bytes) == (real.arena_bytes, real.weight_bytes)
+
+
 def test_estimate_is_the_planner_applied_to_the_predicted_kernels(graphs):
     # every kernel output but the logits, and every workspace, is an arena buffer
     plan = plan_cpm(graphs["resnet"], Strategy(("b1_add", "b5_add"), 0.25, "add", "correction"))
