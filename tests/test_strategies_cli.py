@@ -189,3 +189,15 @@ def test_protect_auto_tuning_records_the_emulator_choice(lenet, ranked, tmp_path
     code, _, err = _run(["protect", str(model), "--dataset", "fashion-mnist", "--strategy", str(out / "strategy.json"),
                          "--tuning", str(tuning), "-q", "-o", str(tmp_path / "x")], capsys)
     assert code != 0 and "--tuning DIR is for --auto" in err and "Traceback" not in err
+
+
+def test_emulator_choice_fails_clearly_when_nothing_meets_the_floors(lenet):
+    from mirrornet_tvm.errors import StrategyError
+
+    model, tuning = lenet
+    loaded = frontend.load_model(str(model))
+    graph = strip_softmax(loaded.graph())
+    budget = 8 * 1024  # only CPMs too narrow or too deep for the --auto rule fit
+    assert generate_strategies(graph, budget)
+    with pytest.raises(StrategyError, match="meets the floors"):
+        choose_strategy(graph, auto=True, budget_bytes=budget, tuning=tuning, model=loaded)

@@ -114,8 +114,10 @@ def _ranked(loaded, model, costs, tuning_dir, budget, degradation, top, as_json,
     e = ranking.emulator
     cal = (f"calibrated: {e['calibration']}" if e.get("calibration_file") else
            "uncalibrated: kernel sums, no transfer cost; `mirrornet tune --calibrate N` fits whole runs")
+    t = e.get("target", {})
+    where = " ".join(str(t[k]) for k in ("kind", "mtriple", "mcpu") if t.get(k))
     click.echo(f"\n{len(ranking.estimates)} strategies within {budget // 1024} KiB emulated in "
-               f"{ranking.seconds:.1f} s with {e.get('cost_model')} ({cal}); "
+               f"{ranking.seconds:.1f} s with {e.get('cost_model')} for {where} ({cal}); "
                f"{len(ranking.front)} on the Pareto front (latency vs secure memory)")
     if ranking.selected is not None:
         s = ranking.selected

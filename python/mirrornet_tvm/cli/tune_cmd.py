@@ -62,3 +62,5 @@ def tune(source, rpc_tracker, rpc_key, target, out_dir, trials, corpus, n_strate
                    f"(use: mirrornet compile ARTIFACT --database {report.files['database']})")
     if report.calibration:
         click.echo(f"  calibration: {report.calibration} -> {report.files['calibration']}")
+    click.echo(f"  next: mirrornet strategies MODEL --tuning {report.out_dir} (ranked by predicted latency), "
+               f"mirrornet protect MODEL --auto --tuning {report.out_dir} ...")
