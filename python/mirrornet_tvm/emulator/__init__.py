@@ -4,6 +4,8 @@
     emulator = Emulator.load("out/build/tuning")              # written by `mirrornet tune`
     estimates = emulator.emulate(generate_strategies(graph), model)
     best = select(estimates, budget_bytes=1 << 20)
+    ranking = rank_space(model, generate_strategies(graph), load_tuning("out/build/tuning"),
+                         max_flop_share=0.05)                 # what `mirrornet strategies --tuning` prints
 
 Modules, in the order the work flows:
   ``targets``          target resolution and the identity a cost model is bound to
@@ -18,6 +20,7 @@ Modules, in the order the work flows:
   ``protected_runs``   measured protected inference of whole strategies (TEE simulator)
   ``calibration``      stage models fitted on protected runs (VM overhead, TEE factor, transfer)
   ``emulate``          per-strategy estimates, selection, Pareto front
+  ``selection``        a tuning folder's emulator choosing under the ``--auto`` rule's floors
   ``report``           JSON and plot of the ranking
   ``tuning``           `mirrornet tune`: measure, tune, train, calibrate
 
@@ -37,7 +40,8 @@ _EXPORTS = {
     "local_fleet": "rpc", "rpc_device": "rpc", "LOCAL": "rpc",
     "ModelKernels": "strategy_kernels",
     "tune": "tuning",
-    "plot_pareto": "report", "write_json_report": "report",
+    "load_tuning": "selection", "rank_space": "selection", "Ranking": "selection", "rule_pool": "selection",
+    "plot_pareto": "report", "write_json_report": "report", "write_ranking_json": "report",
 }
 __all__ = sorted(_EXPORTS)
 
