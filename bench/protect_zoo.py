@@ -13,7 +13,9 @@ most 5% of FLOPs and under 1 MiB of secure memory). Ratios are within this one r
     .venv/bin/python bench/protect_zoo.py --models vgg --subset 3000 --epochs 1 --out out/bench-quick
     .venv/bin/python bench/protect_zoo.py --table-only            # re-print from the artifacts
 
-An artifact that already holds metrics.json is reused, not retrained (delete it to rerun).
+An artifact that already holds metrics.json is reused, not retrained, as long as it was made with the strategy
+and training configuration the same command gives today (the current defaults included); otherwise it is
+recomputed. Delete an artifact to force a rerun.
 """
 from __future__ import annotations
 
@@ -68,10 +70,54 @@ def deep_strategy(base: Path, path: Path) -> Path:
     return Strategy((taps[-1].name,), 0.25).save(path)
 
 
+def expected_run(base: Path, config: str, args, deep_file: Path) -> tuple[dict, dict]:
+    """(strategy, training config) that `mirrornet protect` would use now for this configuration."""
+    sys.path.insert(0, str(ROOT / "python"))
+    from mirrornet_tvm.frontend import load_model
+    from mirrornet_tvm.mirror import strip_softmax
+    from mirrornet_tvm.protect import choose_strategy
+    from mirrornet_tvm.strategy import Strategy
+    from mirrornet_tvm.training import JointConfig
+
+    variant, degradation = config.split("-")
+    if variant == "auto":
+        graph = strip_softmax(load_model(base).graph())
+        strategy = choose_strategy(graph, auto=True, degradation=degradation).strategy
+    else:
+        strategy = Strategy.load(deep_strategy(base, deep_file)).replace(degradation=degradation)
+    kw = {"seed": args.seed} | ({"epochs": args.epochs} if args.epochs else {})
+    as_json = lambda d: json.loads(json.dumps(d))  # noqa: E731 - compare as the metrics file holds them
+    return as_json(strategy.to_dict()), as_json(JointConfig(**kw).to_dict())
+
+
+def stale_reason(art: Path, model: str, base: Path, config: str, args) -> str | None:
+    """Why the artifact's metrics no longer describe what the command gives today (None: still valid).
+
+    An artifact is reused only if it was made from the same strategy, training configuration (the current
+    defaults included) and training subset: a changed default must be measured again, not reprinted.
+    """
+    m = json.loads((art / "metrics.json").read_text())
+    strategy, cfg = expected_run(base, config, args, art.parent / f"{model}-deep.json")
+    if m.get("strategy") != strategy:
+        return f"strategy {m.get('strategy', {}).get('name')} -> {strategy['name']}"
+    got = m.get("training", {}).get("config", {})
+    diff = sorted(k for k in set(cfg) | set(got) if cfg.get(k) != got.get(k))
+    if diff:
+        return "training " + ", ".join(f"{k} {got.get(k)} -> {cfg.get(k)}" for k in diff)
+    if m.get("dataset", {}).get("subset") != args.subset:
+        return f"subset {m.get('dataset', {}).get('subset')} -> {args.subset}"
+    return None
+
+
 def protect(out: Path, model: str, base: Path, config: str, args) -> Path:
     art = out / f"{model}-{config}"
     if (art / "metrics.json").is_file():
-        return art
+        why = stale_reason(art, model, base, config, args)
+        if why is None:
+            return art
+        print(f"{art.name}: recomputing ({why})", file=sys.stderr, flush=True)
+        (art / "metrics.json").unlink()
+        (art / "checkpoint.pt").unlink(missing_ok=True)
     variant, degradation = config.split("-")
     cmd = [MIRRORNET, "protect", str(base), "--dataset", args.dataset, "--degradation", degradation,
            "--seed", str(args.seed), "-o", str(art)]
