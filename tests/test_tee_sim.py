@@ -95,6 +95,36 @@ def test_chunked_taps_give_the_same_answers(logits, chunked, session):
     np.testing.assert_array_equal(got, session.run_many(taps).outputs)
 
 
+def test_a_prepared_invoke_answers_as_a_fresh_invoke_does(logits):
+    _, cpm, _ = logits
+    taps = _taps(4, cpm.tap_floats, seed=3)
+    with TeeSession(logits[0]) as s:
+        out = np.zeros(OUT_BYTES, np.uint8)
+        run = s.prepare(RUN, [teec.MemIn(np.zeros(cpm.tap_floats, np.float32)), teec.MemOut(out), teec.ValueOut()])
+        for row in taps:
+            run.set_input(0, row)
+            assert run() == teec.SUCCESS and run.out_size(1) == OUT_BYTES
+            a, b = run.value(2)
+            assert (b << 32) | a > 0  # the CPM's time by the TA's clock
+            fresh = s.invoke(RUN, [teec.MemIn(row), teec.MemOut(OUT_BYTES), teec.ValueOut()])
+            assert fresh.ok and out.tobytes() == fresh.outputs[1][1]
+        np.testing.assert_array_equal(s.run_many(taps).outputs[-1], out.view(np.float32))
+        run.set_input(0, taps[0][:-1])  # one float short: the TA refuses, the session lives on
+        assert run() == teec.BAD_PARAMETERS and run.origin == 4
+        run.set_input(0, taps[0])
+        assert run() == teec.SUCCESS
+        np.testing.assert_allclose(out.view(np.float32), cpm.logits(taps[:1])[0], rtol=1e-5, atol=1e-5)
+        short = s.prepare(RUN, [teec.MemIn(taps[0]), teec.MemOut(OUT_BYTES - 1), teec.ValueOut()])
+        for _ in range(2):  # the size the TA asks for is not kept as the buffer's size for the next call
+            assert short() == teec.SHORT_BUFFER and short.out_size(1) == OUT_BYTES
+        with pytest.raises(TypeError, match="not an input memref"):
+            run.set_input(1, taps[0])
+        with pytest.raises(ValueError, match="C-contiguous"):
+            run.set_input(0, np.zeros((2, cpm.tap_floats), np.float32)[:, 0])
+    with pytest.raises(TeeError, match="closed"):
+        run()
+
+
 def test_bad_taps_shape_is_a_usage_error(session):
     with pytest.raises(UsageError, match=r"\(N, 112\)"):
         session.run_many(np.zeros((2, 111), np.float32))

@@ -259,28 +259,7 @@ class Session:
             raise TeeError("the TEE session is closed")
         params = list(params) + [None] * (4 - len(params))
         op = self._op
-        ctypes.memset(ctypes.byref(op), 0, ctypes.sizeof(op))
-        types = 0
-        for i, p in enumerate(params):
-            if p is None:
-                kind = NONE
-            elif isinstance(p, (ValueIn, ValueInOut)):
-                kind = VALUE_INPUT if isinstance(p, ValueIn) else VALUE_INOUT
-                op.params[i].value.a, op.params[i].value.b = p.a & 0xFFFFFFFF, p.b & 0xFFFFFFFF
-            elif isinstance(p, ValueOut):
-                kind = VALUE_OUTPUT
-            elif isinstance(p, _Mem):
-                kind = p.kind
-                op.params[i].tmpref.buffer = p.array.ctypes.data
-                op.params[i].tmpref.size = p.nbytes
-            elif isinstance(p, MemNull):
-                kind = p.kind
-                op.params[i].tmpref.buffer = None
-                op.params[i].tmpref.size = p.size
-            else:
-                raise TypeError(f"parameter {i}: {p!r} is not a TEEC parameter")
-            types |= kind << (4 * i)
-        op.paramTypes = types
+        _fill_operation(op, params)
         origin = ctypes.c_uint32(0)
         code = self.teec.lib.TEEC_InvokeCommand(self._sess, cmd, ctypes.byref(op), ctypes.byref(origin))
         outputs = []
@@ -296,6 +275,89 @@ class Session:
                 outputs.append(None)
         return InvokeResult(code, origin.value, tuple(outputs))
 
+    def prepare(self, cmd: int, params) -> "PreparedInvoke":
+        """A command invoked many times with the same parameter kinds (see ``PreparedInvoke``)."""
+        return PreparedInvoke(self, cmd, params)
 
-__all__ = ["Teec", "Context", "Session", "InvokeResult", "ValueIn", "ValueOut", "ValueInOut", "MemIn",
+
+class PreparedInvoke:
+    """One command whose TEEC_Operation is laid out once; each call only swaps the input buffer.
+
+    ``session.invoke`` builds the operation and the result objects anew on every call (tens of
+    microseconds of Python); protected inference sends one RUN_CPM per image, so its per-image path
+    reuses the operation: ``set_input(i, array)`` points memref ``i`` at an array (kept alive until the
+    next call), ``__call__()`` invokes and returns the TEEC code, then ``origin``, ``out_size(i)`` and
+    ``value(i)`` read what the TA wrote. The output memrefs are the arrays given at preparation.
+    """
+
+    def __init__(self, session: Session, cmd: int, params):
+        self.session = session
+        self.cmd = cmd
+        self.params = list(params) + [None] * (4 - len(params))
+        self._op = _Operation()
+        _fill_operation(self._op, self.params)
+        self._origin = ctypes.c_uint32(0)
+        self._invoke = session.teec.lib.TEEC_InvokeCommand
+        self._args = (session._sess, cmd, ctypes.byref(self._op), ctypes.byref(self._origin))  # noqa: SLF001
+        self._outs = [(i, p.nbytes) for i, p in enumerate(self.params) if isinstance(p, (MemOut, MemInOut))]
+        self._keep = [None] * 4
+
+    def set_input(self, i: int, array: np.ndarray) -> None:
+        """Point input memref ``i`` at ``array`` (C-contiguous; not copied, not modified)."""
+        if not isinstance(self.params[i], MemIn):
+            raise TypeError(f"parameter {i} of this invoke is {self.params[i]!r}, not an input memref")
+        if not array.flags.c_contiguous:
+            raise ValueError("an input memref needs a C-contiguous array")
+        ref = self._op.params[i].tmpref
+        ref.buffer = array.__array_interface__["data"][0]
+        ref.size = array.nbytes
+        self._keep[i] = array
+
+    def __call__(self) -> int:
+        if not self.session._open:  # noqa: SLF001
+            raise TeeError("the TEE session is closed")
+        params = self._op.params
+        for i, nbytes in self._outs:  # the TA shrinks (or, when short, grows) the size: reset it
+            params[i].tmpref.size = nbytes
+        return self._invoke(*self._args)
+
+    @property
+    def origin(self) -> int:
+        return self._origin.value
+
+    def out_size(self, i: int) -> int:
+        return self._op.params[i].tmpref.size
+
+    def value(self, i: int) -> tuple[int, int]:
+        v = self._op.params[i].value
+        return v.a, v.b
+
+
+def _fill_operation(op: _Operation, params) -> None:
+    """Zero ``op`` and lay ``params`` (four entries, ``None`` for unused) out in it."""
+    ctypes.memset(ctypes.byref(op), 0, ctypes.sizeof(op))
+    types = 0
+    for i, p in enumerate(params):
+        if p is None:
+            kind = NONE
+        elif isinstance(p, (ValueIn, ValueInOut)):
+            kind = VALUE_INPUT if isinstance(p, ValueIn) else VALUE_INOUT
+            op.params[i].value.a, op.params[i].value.b = p.a & 0xFFFFFFFF, p.b & 0xFFFFFFFF
+        elif isinstance(p, ValueOut):
+            kind = VALUE_OUTPUT
+        elif isinstance(p, _Mem):
+            kind = p.kind
+            op.params[i].tmpref.buffer = p.array.ctypes.data
+            op.params[i].tmpref.size = p.nbytes
+        elif isinstance(p, MemNull):
+            kind = p.kind
+            op.params[i].tmpref.buffer = None
+            op.params[i].tmpref.size = p.size
+        else:
+            raise TypeError(f"parameter {i}: {p!r} is not a TEEC parameter")
+        types |= kind << (4 * i)
+    op.paramTypes = types
+
+
+__all__ = ["Teec", "Context", "Session", "PreparedInvoke", "InvokeResult", "ValueIn", "ValueOut", "ValueInOut", "MemIn",
            "MemOut", "MemInOut", "MemNull", "code_name"]
