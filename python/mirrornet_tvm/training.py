@@ -60,9 +60,9 @@ CHECKPOINT_FORMAT = 1
 class JointConfig:
     """Hyper-parameters of joint training (recorded in the checkpoint and the artifact's metrics)."""
 
-    epochs: int = 8
+    epochs: int = 16
     batch_size: int = 128
-    lr_cpm: float = 2e-3
+    lr_cpm: float = 5e-3
     lr_backbone: float | None = None   # None: 0 (frozen) for "uniform" with tail "reinit", else 5e-4
     lr_attacker: float = 2e-3
     lam: float = 1.0
