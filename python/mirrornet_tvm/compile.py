@@ -216,6 +216,7 @@ def _manifest(artifact, mod, spec, backbone, cpm, stage: Path, timings) -> dict:
             "arena_bytes": cpm.arena_bytes,
             "peak_live_bytes": cpm.peak_live_bytes,
             "max_stack_bytes": cpm.max_stack_bytes,
+            "heap_bytes": 0,  # the CPM never allocates: its arena is a static array (.bss), sized above
             "kernels": cpm.num_kernels,
             "schedules": dict(cpm.schedules),
             "source_sha256": cpm.sha256,
