@@ -96,15 +96,38 @@ class _OtherOps(torch.nn.Module):
         return self.fc(x.flatten(1))
 
 
-@pytest.mark.parametrize("taps, width, merge, output", [
-    (("b0_clip", "b2_averagepool"), 0.25, "add", "correction"),   # merge fused into an average pool
-    (("b1_leakyrelu", "b3_relu"), 0.5, "concat", "logits"),
+class _PoolNorm(torch.nn.Module):
+    """Batch norms that follow pools, so no convolution absorbs them: the CPM keeps them as ops."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.c1, self.c2 = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.b1, self.b2 = nn.BatchNorm2d(16), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16 * 7 * 7, 10)
+        with torch.no_grad():
+            for bn in (self.b1, self.b2):
+                bn.running_mean.uniform_(-0.2, 0.2)
+                bn.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        x = self.b1(F.max_pool2d(torch.relu(self.c1(x)), 2))
+        x = self.b2(F.max_pool2d(torch.relu(self.c2(x)), 2))
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("net, taps, width, merge, output", [
+    (_OtherOps, ("b0_clip", "b2_averagepool"), 0.25, "add", "correction"),   # merge fused into an average pool
+    (_OtherOps, ("b1_leakyrelu", "b3_relu"), 0.5, "concat", "logits"),
+    (_PoolNorm, ("b0_relu",), 0.5, "add", "logits"),                        # batch norm fused into a pool
 ])
-def test_estimate_covers_operators_beyond_the_zoo(taps, width, merge, output):
+def test_estimate_covers_operators_beyond_the_zoo(net, taps, width, merge, output):
     torch.manual_seed(0)
-    graph = frontend.load_model(_OtherOps().eval(), (1, 28, 28)).graph()
+    graph = frontend.load_model(net().eval(), (1, 28, 28)).graph()
     plan = plan_cpm(graph, Strategy(taps, width, merge, output))
     est = estimate_arena(plan)
+    assert [op.op for op in plan.ops].count("BatchNormalization") == (2 if net is _PoolNorm else 0)
     real = cpm_memory(_cpm_module(plan), "main")
     assert (est.arena_bytes, est.weight_bytes) == (real.arena_bytes, real.weight_bytes)
 

@@ -7,19 +7,21 @@ produces with the default schedules, and plans its arena with the emitter's own 
 (:func:`.memory_plan.kernel_lifetimes`, :func:`.memory_plan.plan_arena`): same liveness, same
 64-byte alignment, same greedy placement. What it predicts:
 
-- **Kernels** (TVM's ``FuseOps`` on the CPM's operators): a convolution or a dense layer (Gemm)
-  anchors a kernel with its bias and absorbs the elementwise operators (ReLU, LeakyReLU, Clip, Add)
-  that follow while the value they read has no other reader; an elementwise operator with two
-  fusable producers joins the one that comes first; at most one convolution or Gemm per kernel.
-  Pools, global average pools, flattens (a copy) and concatenations are kernels of their own; an
-  elementwise operator no kernel absorbs starts one. A kernel runs at the position of its last
-  operator.
+- **Kernels** (TVM's ``FuseOps`` on the CPM's operators): a convolution, a max or average pool or
+  a dense layer (Gemm) anchors a kernel with its bias and absorbs the elementwise operators (ReLU,
+  LeakyReLU, Clip, Add, a batch norm no convolution absorbed) that follow while the value they read
+  has no other reader; an elementwise operator with two fusable producers joins the one that comes
+  first; at most one anchor per kernel. Global average pools, flattens (a copy) and concatenations
+  are kernels of their own; an elementwise operator no kernel absorbs starts one. A kernel runs at
+  the position of its last operator.
 - **Workspaces** (what :class:`.lift_workspace.LiftWorkspace` moves to the arena after
-  :class:`.schedule.CpmCpuSchedule`): a padded convolution's zero-padded input; a convolution's
-  result before its epilogue, one block of planes (:func:`.schedule.channel_block` output channels
-  of the whole map) when its rows are register-tiled (:func:`.schedule.register_tile`), else the
-  whole map; a Gemm's product before its bias; a global average pool's per-channel sums.
-- **Weights**: every Conv and Gemm weight and bias of the plan as ``static const float`` arrays.
+  :class:`.schedule.CpmCpuSchedule`): a padded convolution's or pool's zero-padded input; the
+  anchor's result before its epilogue (a max pool without one writes its output directly), one
+  block of planes (:func:`.schedule.channel_block` output channels of the whole map) when its rows
+  are register-tiled (:func:`.schedule.register_tile`), else the whole map; a Gemm's product before
+  its bias; a global average pool's per-channel sums.
+- **Weights**: every parameter of the plan as ``static const float`` arrays (Conv and Gemm weights
+  and biases, the four vectors of a lone batch norm).
 
 The prediction is exact for CPMs made of these operators under the default schedules, which the
 test suite checks against the real C generator over the zoo and a grid of strategies (the emitter
@@ -37,7 +39,6 @@ from .schedule import channel_block, register_tile
 FLOAT_BYTES = 4
 ANCHORS = ("Conv", "Gemm", "MaxPool", "AveragePool")
 ELEMENTWISE = ("Relu", "LeakyRelu", "Clip", "Add", "BatchNormalization")
-STANDALONE = ("GlobalAveragePool", "Flatten", "Concat")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def _numel(shape) -> int:
 class _Kernel:
     def __init__(self, index: int, anchor):
         self.index = index          # creation order (FuseOps visits producers first)
-        self.anchor = anchor        # the Conv/Gemm op, or None
+        self.anchor = anchor        # the Conv/Gemm/pool op that anchors it, or None
         self.ops: list = []
         self.last = -1              # plan position of the last op
         self.open = True            # may still absorb elementwise consumers
@@ -76,40 +77,37 @@ def _kernels(plan) -> list[_Kernel]:
     for op in plan.ops:
         for name in op.inputs:
             readers[name] = readers.get(name, 0) + 1
+    shapes = dict(plan.inputs)
+    shapes.update({op.output: op.shape for op in plan.ops})
     owner: dict[str, _Kernel] = {}
     kernels: list[_Kernel] = []
 
     def start(op, pos, anchor=None, open_=True):
-        k = _Kernel(len(kernels), anchor)
-        k.open = open_
-        kernels.append(k)
-        return add(k, op, pos)
+        kernel = _Kernel(len(kernels), anchor)
+        kernel.open = open_
+        kernels.append(kernel)
+        add(kernel, op, pos)
 
-    def add(k, op, pos):
-        k.ops.append(op)
-        k.last = pos
-        owner[op.output] = k
-        return k
+    def add(kernel, op, pos):
+        kernel.ops.append(op)
+        kernel.last = pos
+        owner[op.output] = kernel
 
     for pos, op in enumerate(plan.ops):
+        same_shapes = len({tuple(shapes[t]) for t in op.inputs}) == 1
         if op.op in ANCHORS:
             start(op, pos, anchor=op)
-        elif op.op in ELEMENTWISE and len({tuple(plan_shape) for plan_shape in _input_shapes(plan, op)}) <= 1:
-            candidates = [owner[t] for t in op.inputs
-                          if t in owner and owner[t].open and owner[t].output.output == t and readers[t] == 1]
-            if candidates:
-                add(min(candidates, key=lambda k: k.index), op, pos)
+        elif op.op in ELEMENTWISE and same_shapes:
+            # FuseOps: into the first kernel whose (sole-reader) output this op reads, if it is still open
+            fusable = [owner[t] for t in op.inputs
+                       if t in owner and owner[t].open and owner[t].output.output == t and readers[t] == 1]
+            if fusable:
+                add(min(fusable, key=lambda k: k.index), op, pos)
             else:
                 start(op, pos)
-        else:  # STANDALONE, a broadcasting elementwise op, or an op this model does not know
+        else:  # GlobalAveragePool, Flatten, Concat, a broadcasting elementwise op: kernels of their own
             start(op, pos, open_=False)
     return sorted(kernels, key=lambda k: k.last)
-
-
-def _input_shapes(plan, op):
-    shapes = {o.output: o.shape for o in plan.ops}
-    shapes.update({name: shape for name, shape in plan.inputs})
-    return [shapes[t] for t in op.inputs if t in shapes]
 
 
 def _workspaces(kernel: _Kernel, in_shapes: dict) -> tuple[int, ...]:
@@ -136,11 +134,6 @@ def _workspaces(kernel: _Kernel, in_shapes: dict) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _folded_params(op) -> int:
-    """Constants of a non-anchor op once TVM folds them: a lone batch norm keeps a scale and a shift."""
-    return 2 * op.shape[1] if op.op == "BatchNormalization" else op.params
-
-
 def estimate_arena(plan, alignment: int = DEFAULT_ALIGNMENT) -> ArenaEstimate:
     """The arena and weight bytes the C emitter will plan for ``plan``'s CPM (see the module docstring)."""
     kernels = _kernels(plan)
@@ -163,6 +156,6 @@ def estimate_arena(plan, alignment: int = DEFAULT_ALIGNMENT) -> ArenaEstimate:
         steps.append(KernelStep(tuple(names), ((name, FLOAT_BYTES * _numel(shapes[out])),),
                                 _workspaces(k, shapes)))
     arena = plan_arena(kernel_lifetimes(steps, result), alignment)
-    weights = FLOAT_BYTES * sum(_folded_params(op) for op in plan.ops)
+    weights = FLOAT_BYTES * sum(op.params for op in plan.ops)  # a lone batch norm keeps its 4 vectors
     return ArenaEstimate(arena.arena_bytes, weights, arena.peak_live_bytes, tuple(steps),
                          tuple(tuple(op.key for op in k.ops) for k in kernels))
