@@ -10,8 +10,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from mirrornet_tvm.build import (TARGET_PRESETS, apply_default_schedules, build_backbone, host_cpu,
-                                  lower_backbone, resolve_target)
+from mirrornet_tvm.build import (AVX512_TILE, TARGET_PRESETS, apply_default_schedules, build_backbone,
+                                  default_rule, host_cpu, lower_backbone, resolve_target)
 from mirrornet_tvm.errors import CompileError, UsageError
 from mirrornet_tvm.transform import MirrorNetPartition
 from test_partition_models import (Combined, Micro, export_combined, relax_module, sample_input,
@@ -83,6 +83,19 @@ def test_default_schedules_leave_the_module_as_it_was(partitioned):
                if isinstance(f, tvm.tirx.PrimFunc))
     again, count_again = apply_default_schedules(scheduled, resolve_target("host").target)
     assert count_again == 0  # already scheduled kernels (e.g. tuned ones) are left alone
+
+
+def test_register_tiles_follow_the_targets_vector_registers():
+    from tvm.target.codegen import target_has_features
+
+    from mirrornet_tvm.codegen.schedule import MAX_ROW, MAX_TILE
+
+    for name in ("rpi3", '{"kind": "llvm", "mcpu": "haswell"}', '{"kind": "llvm", "mcpu": "skylake-avx512"}'):
+        target = resolve_target(name).target
+        rule = default_rule(target)
+        wide = target_has_features("avx512f", target)
+        assert (rule.max_row, rule.max_tile) == (AVX512_TILE if wide else (MAX_ROW, MAX_TILE)), name
+        assert wide == ("avx512" in name)
 
 
 def test_rpi3_library_is_an_aarch64_shared_object(partitioned, tmp_path):

@@ -96,11 +96,11 @@ def _loops_by_iter(sch, block_rv):
     return loops, bound
 
 
-def _row_tile(width: int) -> int | None:
-    """Columns per register tile: the whole row if it fits, else the largest divisor <= MAX_ROW."""
-    if width <= MAX_ROW:
+def _row_tile(width: int, max_row: int = MAX_ROW) -> int | None:
+    """Columns per register tile: the whole row if it fits, else the largest divisor <= max_row."""
+    if width <= max_row:
         return width
-    best = max((d for d in range(MIN_ROW, MAX_ROW + 1) if width % d == 0), default=None)
+    best = max((d for d in range(MIN_ROW, max_row + 1) if width % d == 0), default=None)
     return best
 
 
@@ -108,34 +108,34 @@ def _largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 
 
-def register_tile(width: int) -> int | None:
+def register_tile(width: int, max_row: int = MAX_ROW) -> int | None:
     """Columns of one register tile for an output row of ``width``, or None when the row is not
     moved inside the reduction (shorter than ``MIN_ROW``, or no divisor up to ``MAX_ROW``).
 
     Shared with the secure-memory estimate (:mod:`.arena_estimate`), which predicts the workspace a
     blocked reduction leaves in the arena.
     """
-    return _row_tile(width) if width >= MIN_ROW else None
+    return _row_tile(width, max_row) if width >= MIN_ROW else None
 
 
-def channel_block(channels: int, tile: int) -> int:
+def channel_block(channels: int, tile: int, max_tile: int = MAX_TILE) -> int:
     """Output channels that share each input row load, for register tiles of ``tile`` columns."""
-    return _largest_divisor(channels, MAX_TILE // tile)
+    return _largest_divisor(channels, max_tile // tile)
 
 
-def _unroll_below(sch, block_rv, loop_rv, skip=()) -> None:
+def _unroll_below(sch, block_rv, loop_rv, skip=(), max_tile: int = MAX_TILE) -> None:
     """Unroll every loop of ``block_rv`` nested inside ``loop_rv`` (except the loops in ``skip``)."""
     anchor = sch.get(loop_rv).loop_var
     skip_vars = [sch.get(loop).loop_var for loop in skip]
     below = False
     for loop in sch.get_loops(block_rv):
         var = sch.get(loop).loop_var
-        if below and not any(var.same_as(v) for v in skip_vars) and int(sch.get(loop).extent) <= MAX_TILE:
+        if below and not any(var.same_as(v) for v in skip_vars) and int(sch.get(loop).extent) <= max_tile:
             sch.unroll(loop)
         below = below or var.same_as(anchor)
 
 
-def _schedule_reduction(sch, block_rv) -> None:
+def _schedule_reduction(sch, block_rv, max_row: int = MAX_ROW, max_tile: int = MAX_TILE) -> None:
     block = sch.get(block_rv)
     loops, bound = _loops_by_iter(sch, block_rv)
     if any(b is None for b in bound) or len(set(bound)) != len(bound) or len(bound) != len(loops):
@@ -153,12 +153,12 @@ def _schedule_reduction(sch, block_rv) -> None:
     width = extent(row) if row is not None else 0
     movable = (
         row is not None and len(spatial) >= 2
-        and register_tile(width) is not None
+        and register_tile(width, max_row) is not None
         and write[-1].min.same_as(var(row))
         and all(not any(_uses(r.min, var(row)) for r in read.region) or _uses(read.region[-1].min, var(row))
                 for read in block.reads)
     )
-    tile = register_tile(width) if movable else None
+    tile = register_tile(width, max_row) if movable else None
     if tile is None:
         sch.decompose_reduction(block_rv, loops[bound[reductions[0]]])
         return
@@ -185,7 +185,7 @@ def _schedule_reduction(sch, block_rv) -> None:
     inner = [row_loop]
     plane = None
     if chan is not None and write[-3].min.same_as(var(chan)) and write[-2].min.same_as(var(spatial[-2])):
-        block_c = channel_block(extent(chan), tile)
+        block_c = channel_block(extent(chan), tile, max_tile)
         c_loop = loops[bound[chan]]
         if block_c > 1:
             c_outer, c_inner = sch.split(c_loop, factors=[None, block_c])
@@ -200,9 +200,9 @@ def _schedule_reduction(sch, block_rv) -> None:
     writeback = sch.cache_write(block_rv, 0, "local")
     sch.reverse_compute_at(writeback, tile_root, preserve_unit_loops=True)
     init = sch.decompose_reduction(block_rv, r_loop)
-    _unroll_below(sch, init, tile_root)
-    _unroll_below(sch, block_rv, tile_root, skip=r_loops)
-    _unroll_below(sch, writeback, tile_root)
+    _unroll_below(sch, init, tile_root, max_tile=max_tile)
+    _unroll_below(sch, block_rv, tile_root, skip=r_loops, max_tile=max_tile)
+    _unroll_below(sch, writeback, tile_root, max_tile=max_tile)
     # the elementwise epilogue runs per block of planes, in its own loop after the tiles: gcc's SLP
     # vectorizer gives up on a tile whose basic block also holds the epilogue's float compares
     consumers = sch.get_consumers(writeback)
@@ -214,7 +214,15 @@ def _schedule_reduction(sch, block_rv) -> None:
 
 
 class CpmCpuSchedule(ScheduleRule):
-    """Register-blocked rows for reductions, inlined elementwise chains: see the module docstring."""
+    """Register-blocked rows for reductions, inlined elementwise chains: see the module docstring.
+
+    ``max_row`` and ``max_tile`` bound the register tile (defaults: ``MAX_ROW``, ``MAX_TILE``, what
+    the CPM's C uses); a target with more vector registers can take larger tiles.
+    """
+
+    def __init__(self, max_row: int = MAX_ROW, max_tile: int = MAX_TILE):
+        self.max_row = max_row
+        self.max_tile = max_tile
 
     def apply(self, func, target, tunable):  # noqa: ARG002 - ScheduleRule protocol
         if not isinstance(func, tirx.PrimFunc):
@@ -229,7 +237,7 @@ class CpmCpuSchedule(ScheduleRule):
             if _is_spatial(sch, block_rv):
                 continue
             try:
-                _schedule_reduction(sch, block_rv)
+                _schedule_reduction(sch, block_rv, self.max_row, self.max_tile)
             except Exception:  # noqa: BLE001 - a pattern this rule does not handle: keep it as is
                 continue
         return sch
