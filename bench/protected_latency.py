@@ -2,26 +2,34 @@
 
 For each zoo model (LeNet, VGG, ResNet at 1x28x28; weights untrained, which does not change latency) a
 MirrorNet is made the way `mirrornet protect` makes it (a middle tap, CPM width 1/8), compiled with
-`mirrornet compile` (host, untuned) and packaged with `mirrornet package-ta` for the host TEE simulator.
-Per image, on real Fashion-MNIST test images:
+`mirrornet compile` (host target; untuned unless --tune-trials) and packaged with `mirrornet package-ta`
+for the host TEE simulator. Per image, on real Fashion-MNIST test images:
 
-  original       the unprotected model on the Relax VM (same compile path, untuned)
-  backbone       backbone.so on the Relax VM, taps out as numpy: what the normal world runs anyway
-  protected      backbone + the simulator round trip (one RUN_CPM invoke) + the CPM in the TA
-                 (target: at most 1.15x backbone)
-  whole in TA    the DarkneTZ approach: the whole model as C (the same code generator), in the same
-                 simulated TA, fed the image
+  original    the unprotected model, built as `mirrornet compile` builds a backbone (Relax VM, host
+              target, default CPU schedules, plus the tuning records of the same database if any)
+  backbone    BUILD/backbone.so as a user gets it by default (or tuned, with --tune-trials) on the
+              Relax VM, taps out as numpy: what the normal world runs anyway
+  protected   backbone + the simulator round trip (one RUN_CPM invoke through TeeSession) + the CPM in
+              the TA (target: at most 1.15x backbone)
+  whole-TA    the DarkneTZ approach: the whole model as C (the same code generator and default
+              schedules as the CPM), in the same simulated TA, single-threaded as in a TEE, fed the
+              image through the same kind of invoke
 
 and the split of `protected` into transfer (round trip minus CPM) and CPM (the TA's clock), and the
-round trip of invokes sent back to back (no backbone in between: the simulator's own cost). Every
-figure is the smallest, over interleaved rounds, of the median per-image time of that round (the
-machine may be shared: rounds damp other processes' load). The Relax VM runs single-threaded
-(TVM_NUM_THREADS=1), like the TA: on a board the TA runs on the core that invoked it.
+round trip of invokes sent back to back (no backbone in between: the simulator's own cost), plus the
+secure memory (weights + static arena) each approach needs in the TA. Every figure is the smallest,
+over rounds, of the median per-image time of that round; within a round original, backbone and
+protected run in turn on each image, so they see the same background load (the machine may be shared),
+and the whole model in the TA runs in a pass of its own. The Relax VM
+runs single-threaded (TVM_NUM_THREADS=1), like the TA: on a board the TA runs on the core that invoked
+it.
 
 The simulator's round trip is two process wake-ups on this machine; OP-TEE's is an SMC world switch and
-back, which these figures do not measure (see bench/qemu_measurements.py for the real secure world).
+back on the calling core, which these figures do not measure (see bench/qemu_measurements.py for the
+real secure world).
 
     .venv/bin/python bench/protected_latency.py [--models lenet,vgg,resnet] [--images 50] [--rounds 3]
+                                                [--tune-trials N]
 """
 from __future__ import annotations
 
@@ -90,13 +98,29 @@ def whole_model_build(original_proto, folder: Path):
     return code
 
 
-def _median_ns(fn, xs) -> float:
-    times = []
-    for x in xs:
-        t0 = time.perf_counter_ns()
-        fn(x)
-        times.append(time.perf_counter_ns() - t0)
-    return float(np.median(times))
+def original_build(original_proto, database=None):
+    """The unprotected model as `mirrornet compile` would build it: host target, tuned records where the
+    database has them (the backbone's kernels are the original's first kernels), default schedules."""
+    import tvm
+
+    from mirrornet_tvm import frontend
+    from mirrornet_tvm.build import apply_default_schedules, open_database, resolve_target
+    from mirrornet_tvm.transform.apply_database import ApplyTuningDatabase
+    from mirrornet_tvm.transform.pipeline import backbone_lowering_passes
+
+    target = resolve_target("host").target
+    db = open_database(database) if database is not None else None
+    with target:
+        lowered = tvm.transform.Sequential([*backbone_lowering_passes(), ApplyTuningDatabase(db)])(
+            frontend.to_relax(original_proto))
+    scheduled, _ = apply_default_schedules(lowered, target)
+    return tvm.compile(scheduled, target)
+
+
+def _time_ns(fn, x) -> int:
+    t0 = time.perf_counter_ns()
+    fn(x)
+    return time.perf_counter_ns() - t0
 
 
 def bench_model(name: str, work: Path, x: np.ndarray, rounds: int, tune_trials: int = 0) -> dict:
@@ -115,33 +139,44 @@ def bench_model(name: str, work: Path, x: np.ndarray, rounds: int, tune_trials: 
     package_ta(work / "build", sim_only=True, progress=False)
     whole = whole_model_build(original, work / "whole")
 
-    vm_orig = relax.VirtualMachine(tvm.compile(frontend.to_relax(original), "llvm"), tvm.cpu())
+    vm_orig = relax.VirtualMachine(original_build(original, (work / "db") if tune_trials else None), tvm.cpu())
+    run_original = vm_orig["main"]
+
+    def original_logits(im):  # like backbone.taps: image in, numpy out
+        out = run_original(tvm.runtime.tensor(im))
+        return [t.numpy() for t in ([out] if hasattr(out, "numpy") else out)]
+
+    manifest = json.loads((work / "build" / "manifest.json").read_text())["backbone"]
     backbone = Backbone(work / "build")
     images = [x[i:i + 1] for i in range(len(x))]
     flat = [im.reshape(-1) for im in images]
     best = {k: float("inf") for k in ("original", "backbone", "protected", "whole", "transfer", "cpm", "trip")}
     with TeeSession(work / "build") as tee, TeeSession(work / "whole") as whole_tee:
         for _ in range(rounds):
-            best["original"] = min(best["original"], _median_ns(
-                lambda im: vm_orig["main"](tvm.runtime.tensor(im)), images))
-            best["backbone"] = min(best["backbone"], _median_ns(backbone.taps, images))
-            split = []
-
-            def protected(im):
+            # original, backbone and protected in turn on each image, so that they see the same background
+            # load; the whole model in the TA (milliseconds of CPU per image) in a pass of its own
+            times = {k: [] for k in best}
+            for im in images:
+                times["original"].append(_time_ns(original_logits, im))
+                times["backbone"].append(_time_ns(backbone.taps, im))
+                t0 = time.perf_counter_ns()
                 taps = backbone.taps(im)
                 t1 = time.perf_counter_ns()
                 _, cpm_ns = tee.run(taps)
-                split.append((time.perf_counter_ns() - t1 - cpm_ns, cpm_ns))
-
-            best["protected"] = min(best["protected"], _median_ns(protected, images))
-            best["transfer"] = min(best["transfer"], float(np.median([s[0] for s in split])))
-            best["cpm"] = min(best["cpm"], float(np.median([s[1] for s in split])))
-            best["whole"] = min(best["whole"], _median_ns(whole_tee.run, flat))
-            all_taps = [backbone.taps(im) for im in images]
-            best["trip"] = min(best["trip"], _median_ns(tee.run, all_taps))   # invokes back to back
+                t2 = time.perf_counter_ns()
+                times["protected"].append(t2 - t0)
+                times["transfer"].append(t2 - t1 - cpm_ns)
+                times["cpm"].append(cpm_ns)
+                times["trip"].append(_time_ns(tee.run, taps))  # the same invoke again, back to back
+            for fl in flat:
+                times["whole"].append(_time_ns(whole_tee.run, fl))
+            for k, v in times.items():
+                best[k] = min(best[k], float(np.median(v)))
         cpm_info = tee.info
     return {
         "model": name, "tap": strategy.taps[0], "tap_bytes": cpm_info.tap_bytes,
+        "backbone_tuning": manifest["tuning"], "backbone_kernels": manifest["kernels"],
+        "backbone_tuned_kernels": manifest["tuned_kernels"],
         "cpm_weight_bytes": cpm_info.weight_bytes, "cpm_arena_bytes": cpm_info.arena_bytes,
         "whole_weight_bytes": whole.weight_bytes,
         "whole_arena_bytes": whole.arena_bytes,
@@ -173,10 +208,13 @@ def main(argv=None) -> int:
 
     print(f"machine: {platform.platform()}; CPU {cpu_model()}; {os.cpu_count()} cores; load average "
           f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    tuning = f"backbone tuned ({args.tune_trials} MetaSchedule trials)" if args.tune_trials else "backbone untuned"
+    tuning = "; ".join(f"{r['model']} {r['backbone_tuning']} ({r['backbone_tuned_kernels']}/{r['backbone_kernels']} "
+                       "kernels tuned, the rest default-scheduled)" for r in rows)
     print(f"per image, ms (min over {args.rounds} rounds of the median of {args.images} Fashion-MNIST test "
-          f"images); {tuning}; CPM / whole-model C with default schedules; Relax VM single-threaded; "
-          "TEE = host simulator")
+          "images). original and backbone: Relax VM as `mirrornet compile` builds them (host target), "
+          "single-threaded; protected = backbone + host-simulator TEE round trip + CPM; whole-TA = the whole "
+          "model as C in the simulated TA (single thread); CPM and whole-model C with default schedules, gcc -O2")
+    print(f"backbone builds: {tuning}")
     head = (f"{'model':<8}{'original':>10}{'backbone':>10}{'protected':>11}{'prot/bb':>9}{'target':>8}"
             f"{'transfer':>10}{'CPM':>8}{'b2b trip':>10}{'whole-TA':>10}{'whole/prot':>11}")
     print(head)
@@ -197,9 +235,9 @@ def main(argv=None) -> int:
     print(f"target: protected <= {TARGET_RATIO:.2f}x backbone. whole-TA is the DarkneTZ approach (every layer "
           "in the TEE) with the same C code generator and simulated TA as the CPM; it runs on the same host "
           "core here, so it shows the code's speed, not a TEE's cost. transfer = simulator round trip "
-          "minus CPM after the backbone ran; b2b trip = the same invoke repeated back to back. Both are "
-          "two process wake-ups: on a loaded machine (load average above) a wake-up after CPU-bound work "
-          "waits for other processes' time slices")
+          "minus CPM after the backbone ran (Python TeeSession included); b2b trip = the same invoke "
+          "repeated back to back. Both are two process wake-ups: on a loaded machine (load average above) "
+          "a wake-up after CPU-bound work waits for other processes' time slices")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": {"platform": platform.platform(), "cpu": cpu_model(),
                                                             "cores": os.cpu_count()}, "rows": rows}, indent=2))
