@@ -20,7 +20,7 @@ a FLOPs-only baseline's Spearman (latency fitted as a linear function of backbon
 same calibration set), the selection regret (measured latency of the strategy the emulator picks
 among the held-out ones over the best measured, target <= 5%) and the time to emulate the model's
 whole strategy space once the cost model exists. Backbones are untuned: ``build_backbone`` gives their
-kernels the default CPU schedule (the rule the CPM's C uses), and the emulator predicts those kernels.
+kernels its default CPU schedule, and the emulator predicts those kernels.
 
     .venv/bin/python bench/emulator_accuracy.py [--models lenet,vgg,resnet] [--quick] [--json out.json]
 """
@@ -92,10 +92,11 @@ def run_model(name: str, args, records: Path, work: Path, target) -> dict:
           f"{len(eval_set)} held out", flush=True)
 
     # cost model: corpus + calibration strategies' kernels only
-    # (the corpus under the default CPU rule: how build_backbone schedules untuned kernels and the C runs)
-    rand = corpus.scheduled_like_cpm(corpus.random_kernels(args.corpus, seed=args.seed), target, mk.cache)
-    tvm_kernels = rand + [k for c in cal_set for k in mk.backbone(c.strategy)]
-    c_kernels = rand + [k for c in cal_set for k in mk.cpm(c.strategy)[0]]
+    # (the corpus scheduled as build_backbone schedules untuned kernels, and as the CPM's C runs)
+    rand = corpus.random_kernels(args.corpus, seed=args.seed)
+    tvm_kernels = corpus.scheduled_like_backbone(rand, target, mk.cache) + \
+        [k for c in cal_set for k in mk.backbone(c.strategy)]
+    c_kernels = corpus.scheduled_like_cpm(rand, target, mk.cache) + [k for c in cal_set for k in mk.cpm(c.strategy)[0]]
     meas = harness.measure(tvm_kernels, target, records=records, flavour="tvm") + \
         harness.measure(c_kernels, target, records=records, flavour="c-O2")
     held_keys = {k.key for c in eval_set for k in mk.backbone(c.strategy)} | \

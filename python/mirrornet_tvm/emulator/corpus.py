@@ -133,11 +133,24 @@ def random_kernels(count: int, seed: int = 0, exclude=()) -> list[Kernel]:
 def scheduled_like_cpm(kernels, target=None, cache=None) -> list[Kernel]:
     """The same kernels with the CPM's default CPU schedule applied (what the generated C runs)."""
     from ..codegen.schedule import CpmCpuSchedule
+
+    return _scheduled(kernels, CpmCpuSchedule(), target, cache)
+
+
+def scheduled_like_backbone(kernels, target=None, cache=None) -> list[Kernel]:
+    """The same kernels with ``build_backbone``'s default schedule for ``target`` (untuned backbone kernels)."""
+    from ..build import default_rule
+    from .targets import resolve_target
+
+    return _scheduled(kernels, default_rule(resolve_target(target)), target, cache)
+
+
+def _scheduled(kernels, rule, target=None, cache=None) -> list[Kernel]:
     from .lowering import LoweringCache
     from .targets import resolve_target
     from .workloads import make_kernel
 
     cache = cache or LoweringCache()
     funcs = {f"k{i}": k.func for i, k in enumerate(kernels)}
-    done = cache.schedule(funcs, resolve_target(target), None, CpmCpuSchedule())
+    done = cache.schedule(funcs, resolve_target(target), None, rule)
     return [make_kernel(done[f"k{i}"], name=k.name, calls=k.calls) for i, k in enumerate(kernels)]

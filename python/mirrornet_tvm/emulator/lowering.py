@@ -148,7 +148,7 @@ class LoweringCache:
         """Schedule PrimFuncs (name -> func): the database's record where it has one, else ``rule``."""
         target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
         out, todo = {}, {}
-        tag = (str(target), id(database), type(rule).__name__ if rule is not None else None)
+        tag = (str(target), id(database), _rule_tag(rule))
         keys = {}
         for name, func in funcs.items():
             key = (int(tvm_ffi.structural_hash(func)), tag)
@@ -172,6 +172,14 @@ class LoweringCache:
                 self._scheduled[keys[name]] = (before, after)
                 out[name] = after
         return out
+
+
+def _rule_tag(rule) -> tuple | None:
+    """What tells schedule rules apart: the class and its plain settings (e.g. a tile size)."""
+    if rule is None:
+        return None
+    settings = sorted((k, v) for k, v in vars(rule).items() if isinstance(v, (int, float, str, bool, tuple)))
+    return (type(rule).__name__, tuple(settings))
 
 
 _OPS: list[str] | None = None

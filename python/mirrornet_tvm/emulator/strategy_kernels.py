@@ -118,11 +118,11 @@ class ModelKernels:
                 mod = ApplyTuningDatabase(database)(mod)
             mod = relax.transform.RewriteDataflowReshape()(mod)
         self._lowered = mod
-        # what `build_backbone` compiles: the tuned record where there is one, else the default CPU rule
-        from ..codegen.schedule import CpmCpuSchedule
+        # what `build_backbone` compiles: the tuned record where there is one, else its default rule
+        from ..build import default_rule
 
         funcs = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
-        self._funcs = self.cache.schedule(funcs, self.target, None, CpmCpuSchedule())
+        self._funcs = self.cache.schedule(funcs, self.target, None, default_rule(self.target))
         fields = _output_fields(mod["main"])
         if len(fields) != len(names):
             raise UsageError(f"the lowered model returns {len(fields)} values for {len(names)} output names")

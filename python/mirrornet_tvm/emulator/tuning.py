@@ -6,9 +6,9 @@ Steps, each shown in progress output:
 1. read the source: a build folder (its artifact's model and strategy), an artifact or an ONNX model;
 2. optionally tune the backbone with MetaSchedule, measuring candidates on the device (``RPCRunner``),
    into ``OUT/database`` (with the trial ledger ``mirrornet compile --database`` reads);
-3. gather kernels: a random corpus (scheduled by the default CPU rule), the model's backbone kernels
-   (as ``build_backbone`` schedules them: tuned record, else the default rule) and the CPM kernels of a
-   sample of strategies (scheduled like the generated C);
+3. gather kernels: a random corpus, the model's backbone kernels (as ``build_backbone`` schedules
+   them: tuned record, else its default rule) and the CPM kernels of a sample of strategies (scheduled
+   like the generated C); the corpus is scheduled both ways;
 4. measure them on the device, as TVM code and as the TEE's C, into ``OUT/measurements.jsonl``
    (resumable: kernels already measured for this target are skipped);
 5. train the cost model, ``OUT/cost_model.json``;
@@ -249,13 +249,13 @@ def tune(source_path, out_dir=None, target=None, device: Device = LOCAL, *, tria
     if source.strategy is not None:
         picked = [source.strategy] + [c for c in picked if getattr(c, "strategy", c).name != source.strategy.name]
     cflavour = TEE_FLAVOUR[tee]
-    # the corpus scheduled by the default CPU rule: what both the backbone (build_backbone, untuned
-    # kernels) and the CPM's C run
-    scheduled = (corpus_mod.scheduled_like_cpm(corpus_mod.random_kernels(corpus, seed=seed), target, mk.cache)
-                 if corpus else [])
+    # the corpus scheduled as the backbone's untuned kernels are (build_backbone's default rule) and as
+    # the CPM's C is
+    random_kernels = corpus_mod.random_kernels(corpus, seed=seed) if corpus else []
     kernels = {
-        "tvm": scheduled + list(mk.full_model()),
-        cflavour: scheduled + [k for c in picked for k in mk.cpm(getattr(c, "strategy", c))[0]],
+        "tvm": corpus_mod.scheduled_like_backbone(random_kernels, target, mk.cache) + list(mk.full_model()),
+        cflavour: corpus_mod.scheduled_like_cpm(random_kernels, target, mk.cache)
+        + [k for c in picked for k in mk.cpm(getattr(c, "strategy", c))[0]],
     }
     records = out_dir / MEASUREMENTS
     before = len(RecordStore(records).load())
