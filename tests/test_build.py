@@ -8,10 +8,12 @@ import onnxruntime as ort
 import psutil
 import pytest
 import tvm
+import tvm_ffi
 from tvm import relax
 
 from mirrornet_tvm.build import (AVX512_TILE, TARGET_PRESETS, apply_default_schedules, build_backbone,
-                                  default_rule, host_cpu, lower_backbone, resolve_target)
+                                  default_rule, host_cpu, keep_faster_schedules, lower_backbone,
+                                  resolve_target)
 from mirrornet_tvm.errors import CompileError, UsageError
 from mirrornet_tvm.transform import MirrorNetPartition
 from test_partition_models import (Combined, Micro, export_combined, relax_module, sample_input,
@@ -85,6 +87,30 @@ def test_default_schedules_leave_the_module_as_it_was(partitioned):
     assert count_again == 0  # already scheduled kernels (e.g. tuned ones) are left alone
 
 
+def test_a_tuning_record_slower_than_the_default_schedule_is_not_used():
+    """A "tuned" convolution that is really the naive loop nest loses to the default schedule."""
+    import torch
+
+    from mirrornet_tvm import frontend
+    from mirrornet_tvm.transform.pipeline import backbone_lowering_passes
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU())
+    target = resolve_target("host").target
+    with target:
+        lowered = tvm.transform.Sequential(backbone_lowering_passes())(
+            frontend.load_model(net, input_shape=(16, 28, 28)).relax())
+    kernels = [gv for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(kernels) == 1
+    naive_as_tuned = tvm.IRModule(dict(lowered.functions_items()), attrs=lowered.attrs)
+    naive_as_tuned[kernels[0]] = lowered[kernels[0]].with_attr("tirx.is_scheduled", True)
+    kept, replaced = keep_faster_schedules(naive_as_tuned, lowered, target)
+    assert replaced == [kernels[0].name_hint]
+    default, _ = apply_default_schedules(lowered, target)
+    assert tvm_ffi.structural_equal(kept[kernels[0].name_hint], default[kernels[0].name_hint])
+    assert naive_as_tuned[kernels[0]].attrs["tirx.is_scheduled"]  # the input module is unchanged
+
+
 def test_register_tiles_follow_the_targets_vector_registers():
     from tvm.target.codegen import target_has_features
 
@@ -152,7 +178,8 @@ def test_tuning_database_is_reused_by_a_second_build(tmp_path):
     db = tmp_path / "db"
     first = build_backbone(mod, "host", database=db, tune_trials=1, out=tmp_path / "a.so")
     assert first.new_trials >= 1 and first.tuning == "tuned (1 trials)" and first.tuned_kernels == 1
-    assert first.default_kernels == 0  # the tuned kernel keeps its tuned schedule
+    # the one kernel has a record; it keeps the tuned schedule unless the default one measured faster
+    assert first.default_kernels == first.default_over_tuned <= 1
     records = (db / "database_tuning_record.json").read_bytes()
     assert records.strip()
     assert not psutil.Process().children(recursive=True), "tuning left worker processes running"
