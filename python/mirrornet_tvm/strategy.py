@@ -25,7 +25,8 @@ from .util import atomic_write
 WIDTH_RATIOS = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
 MERGES = ("add", "concat")
 OUTPUTS = ("logits", "correction")
-DEGRADATIONS = ("uniform", "adversarial")
+DEGRADATIONS = ("uniform", "adversarial", "fewshot")   # fewshot: mirrornet_tvm.degradation
+ENUMERATED_DEGRADATIONS = ("uniform", "adversarial")   # what generate_strategies enumerates by default
 DEFAULT_BUDGET_BYTES = 1 << 20
 FLOAT_BYTES = 4
 
@@ -254,7 +255,7 @@ def _tap_sets(taps, max_taps: int) -> list[tuple[str, ...]]:
 
 def generate_strategies(model, budget_bytes: int | None = DEFAULT_BUDGET_BYTES, *,
                         widths=WIDTH_RATIOS, merges=MERGES, outputs=OUTPUTS,
-                        degradations=DEGRADATIONS, max_taps: int = 2,
+                        degradations=ENUMERATED_DEGRADATIONS, max_taps: int = 2,
                         max_flop_share: float | None = None) -> list[CpmCost]:
     """Enumerate CPM strategies for ``model`` and keep those within ``budget_bytes`` of secure memory.
 

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import degradation as extra_objectives
 from .errors import ArtifactError, MirrorNetError, StrategyError, UsageError
 from .mirror import MirrorNet
 from .training_base import _as_tensor, _check_xy, predict
@@ -289,6 +290,7 @@ def train_joint(net: MirrorNet, x, y, config: JointConfig = JointConfig(), *, te
             p.requires_grad_(False)
     tap_shapes = {name: net.backbone.tensor_shapes[t] for name, t in zip(strategy.taps, net.plan.tap_tensors)}
     attacker = TapAttacker(tap_shapes, net.plan.num_classes) if adversarial else None
+    extra = extra_objectives.make_objective(strategy, net, xt, yt, cfg.seed, backbone_lr=cfg.backbone_lr(strategy))
     opt = torch.optim.Adam(_param_groups(net, cfg), weight_decay=cfg.weight_decay)
     opt_att = torch.optim.Adam(attacker.parameters(), lr=cfg.lr_attacker) if attacker else None
     steps_per_epoch = math.ceil(len(xt) / cfg.batch_size)
@@ -348,6 +350,8 @@ def train_joint(net: MirrorNet, x, y, config: JointConfig = JointConfig(), *, te
             if attacker is not None:
                 akl = torch.stack([uniform_kl(a) for a in attacker(taps)]).mean()
                 loss = loss + cfg.adv * akl
+            if extra is not None:      # degradation objectives of mirrornet_tvm.degradation (e.g. fewshot)
+                loss = loss + cfg.adv * extra.penalty(net, taps, yb)
             if teacher_logits is not None:
                 loss = loss + cfg.distill * distillation(rect, teacher_logits[idx], cfg.temperature)
             if not torch.isfinite(loss):
