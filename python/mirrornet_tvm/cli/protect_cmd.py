@@ -47,7 +47,8 @@ def _command_line() -> str:
 @click.option("--lam", type=float, default=_D.lam, show_default=True,
               help="Weight of the backbone's uniform-prediction term.")
 @click.option("--adv", type=float, default=_D.adv, show_default=True,
-              help="Weight of the adversarial tap-attacker term (degradation adversarial).")
+              help="Weight of the simulated thief's term: the linear tap attacker (degradation adversarial) "
+                   "or the few-shot thief of mirrornet_tvm.degradation (degradation fewshot).")
 @click.option("--distill", type=float, default=_D.distill, show_default=True,
               help="Weight of distillation from the original model into the rectified output.")
 @click.option("--tail", type=click.Choice(TAILS), default=_D.tail, show_default=True,
