@@ -4,6 +4,8 @@ Starting from the trained original weights, every step minimises
 
     CE(rectified, y) + lam * KL(uniform || softmax(backbone_logits))            (degradation "uniform")
                      + adv * mean_taps KL(uniform || softmax(attacker(tap)))    (degradation "adversarial")
+                     + adv * mean_taps KL(uniform || softmax(thief(tap)))       (degradation "fewshot": a thief
+                       with a small labelled pool, see mirrornet_tvm.degradation)
                      + distill * T^2 * KL(softmax(teacher / T) || softmax(rectified / T))
 
 The adversarial attacker is a fresh linear classifier on each tapped map (the cheapest theft of the
