@@ -18,6 +18,15 @@
 
 #include "mirrornet_cpm.h"
 
+#ifndef MIRRORNET_TEE_SIM
+/*
+ * The dev kit's libutils is built with CFG_WITH_STATS (malloc_get_stats is in libutils.a), but TAs are
+ * compiled without that flag, so <malloc.h> does not declare it: declare it here, as libutils has it.
+ */
+#include <pta_stats.h>
+void malloc_get_stats(struct pta_stats_alloc *stats);
+#endif
+
 #define TAP_BYTES ((uint32_t)MIRRORNET_CPM_TAP_FLOATS * (uint32_t)sizeof(float))
 
 #if MIRRORNET_TA_OUTPUT_POLICY == MIRRORNET_TA_POLICY_LABEL
@@ -268,6 +277,23 @@ static TEE_Result cmd_run_cpm(uint32_t types, TEE_Param params[4])
 	return TEE_SUCCESS;
 }
 
+/* HEAP_STATS: the TA heap's bytes in use, peak, size and failed allocations (libutils' statistics). */
+static TEE_Result cmd_heap_stats(uint32_t types, TEE_Param params[4])
+{
+	struct pta_stats_alloc stats;
+
+	if (types != TEE_PARAM_TYPES(TEE_PARAM_TYPE_VALUE_OUTPUT, TEE_PARAM_TYPE_VALUE_OUTPUT,
+				     TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE))
+		return TEE_ERROR_BAD_PARAMETERS;
+	TEE_MemFill(&stats, 0, sizeof(stats));
+	malloc_get_stats(&stats);
+	params[0].value.a = stats.allocated;
+	params[0].value.b = stats.max_allocated;
+	params[1].value.a = stats.size;
+	params[1].value.b = stats.num_alloc_fail;
+	return TEE_SUCCESS;
+}
+
 /* ---- entry points -------------------------------------------------------------------------------- */
 TEE_Result TA_CreateEntryPoint(void)
 {
@@ -310,6 +336,8 @@ TEE_Result TA_InvokeCommandEntryPoint(void *session, uint32_t cmd, uint32_t type
 		return cmd_run_cpm(types, params);
 	case MIRRORNET_TA_CMD_LOAD_TAPS:
 		return cmd_load_taps(types, params);
+	case MIRRORNET_TA_CMD_HEAP_STATS:
+		return cmd_heap_stats(types, params);
 	default:
 		return TEE_ERROR_NOT_SUPPORTED;
 	}

@@ -21,7 +21,7 @@ from tee_stand_in_cpm import (TRIGGER_CRASH, TRIGGER_FAIL, TRIGGER_HANG, TRIGGER
                               packaged_stand_in)
 
 ROOT = repo_root()
-RUN, LOAD, INFO = 1, 2, 0
+RUN, LOAD, INFO, HEAP = 1, 2, 0, 3
 
 
 def _taps(n, floats, seed=0):
@@ -192,6 +192,8 @@ def _expected(cmd, kinds, sizes, values, loaded):
         if off != 0 and off != loaded:
             return teec.BAD_STATE, None
         return (teec.BAD_PARAMETERS, None) if null[0] else (teec.SUCCESS, None)
+    if cmd == HEAP:
+        return (teec.SUCCESS, None) if types == [2, 2, 0, 0] else (teec.BAD_PARAMETERS, None)
     return teec.NOT_SUPPORTED, None
 
 
@@ -201,7 +203,7 @@ _values = st.tuples(st.sampled_from([0, 4, 100, 447, 448, 449, 2**32 - 4]),
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cmd=st.sampled_from([INFO, RUN, LOAD, 3, 0x7FFF]),
+@given(cmd=st.sampled_from([INFO, RUN, LOAD, HEAP, 4, 0x7FFF]),
        kinds=st.lists(st.sampled_from(KINDS), min_size=4, max_size=4),
        sizes=st.lists(_sizes, min_size=4, max_size=4),
        values=st.lists(_values, min_size=4, max_size=4))
@@ -226,6 +228,7 @@ VALID = {  # a valid invoke of each command: (kinds, sizes, values)
     INFO: (["mout", "none", "none", "none"], [INFO_BYTES, 0, 0, 0], [(0, 0)] * 4),
     RUN: (["min", "mout", "vout", "none"], [TAP_BYTES, OUT_BYTES, 0, 0], [(0, 0)] * 4),
     LOAD: (["min", "vin", "none", "none"], [100, 0, 0, 0], [(0, 0), (0, TAP_BYTES), (0, 0), (0, 0)]),
+    HEAP: (["vout", "vout", "none", "none"], [0, 0, 0, 0], [(0, 0)] * 4),
 }
 
 
@@ -328,6 +331,20 @@ def test_cpm_errors_and_heap_exhaustion_are_error_codes_not_deaths(logits):
                 s.run(_trigger(cpm, trigger))
             assert err.value.code == teec.GENERIC and err.value.origin == 4
         assert s.run(np.zeros(cpm.tap_floats, np.float32))[0].shape == (10,)
+
+
+def test_heap_stats_report_the_ta_heap_and_its_failed_allocations(tmp_path):
+    cpm, pk = packaged_stand_in(tmp_path / "heap", "logits", misbehave=True)
+    with TeeSession(tmp_path / "heap") as s:
+        before = s.heap_stats()
+        assert 0 < before.size <= pk.data_size and before.failed_allocations == 0
+        assert 0 <= before.in_use <= before.peak <= before.size
+        with pytest.raises(TeeError):
+            s.run(_trigger(cpm, TRIGGER_HEAP))  # asks for 64 MiB: refused and counted
+        after = s.heap_stats()
+        assert after.failed_allocations == 1 and after.in_use == before.in_use and after.peak == before.peak
+        res = s.invoke(s.abi.command("HEAP_STATS"), [teec.ValueOut()])  # wrong parameter types
+        assert res.code == teec.BAD_PARAMETERS and res.origin == 4
 
 
 def test_missing_ta_and_wrong_folder_are_clear_errors(tmp_path, logits):

@@ -94,7 +94,7 @@ static uint32_t pick_value(struct reader *r)
 /* A parameter-type word for command cmd: one the TA accepts, one with a nibble changed, or any. */
 static uint32_t pick_types(struct reader *r, uint32_t cmd)
 {
-	static const uint32_t valid[3][4] = {
+	static const uint32_t valid[4][4] = {
 		{ TEE_PARAM_TYPES(TEE_PARAM_TYPE_MEMREF_OUTPUT, TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE,
 				  TEE_PARAM_TYPE_NONE) },
 		{ TEE_PARAM_TYPES(TEE_PARAM_TYPE_MEMREF_INPUT, TEE_PARAM_TYPE_MEMREF_OUTPUT,
@@ -107,10 +107,12 @@ static uint32_t pick_types(struct reader *r, uint32_t cmd)
 				  TEE_PARAM_TYPE_NONE) },
 		{ TEE_PARAM_TYPES(TEE_PARAM_TYPE_MEMREF_INPUT, TEE_PARAM_TYPE_VALUE_INPUT, TEE_PARAM_TYPE_NONE,
 				  TEE_PARAM_TYPE_NONE) },
+		{ TEE_PARAM_TYPES(TEE_PARAM_TYPE_VALUE_OUTPUT, TEE_PARAM_TYPE_VALUE_OUTPUT, TEE_PARAM_TYPE_NONE,
+				  TEE_PARAM_TYPE_NONE) },
 	};
 	uint32_t mode = take(r, 1) % 4, t;
 
-	if (cmd > 2 || mode == 3)
+	if (cmd > 3 || mode == 3)
 		return take(r, 2);
 	t = valid[cmd][cmd == 1 ? take(r, 1) % 4 : 0];
 	if (mode == 2) {
@@ -150,7 +152,7 @@ static void one_invoke(struct reader *r)
 	size_t sizes[4] = { 0, 0, 0, 0 };
 	struct tee_sim_region regions[4];
 	uint32_t pick = take(r, 1);
-	uint32_t cmd = pick % 4; /* 3 is not a command */
+	uint32_t cmd = pick % 5; /* 4 is not a command */
 	uint32_t types;
 
 	/* Once the harness has loaded a whole set of taps, often follow with RUN_CPM on them. */

@@ -62,6 +62,7 @@ static uint8_t *heap_start;
 static size_t heap_size;
 static size_t heap_in_use;
 static size_t heap_peak;
+static uint32_t alloc_fails, biggest_fail, biggest_fail_used;
 static uint8_t zero_size_block[ALIGN] __attribute__((aligned(ALIGN)));
 
 void tee_sim_heap_init(void *pool, size_t size)
@@ -75,6 +76,7 @@ void tee_sim_heap_init(void *pool, size_t size)
 	heap_size = size;
 	heap_in_use = 0;
 	heap_peak = 0;
+	alloc_fails = biggest_fail = biggest_fail_used = 0;
 	if (size < sizeof(struct block) + ALIGN) {
 		heap_size = 0;
 		return;
@@ -87,6 +89,35 @@ void tee_sim_heap_init(void *pool, size_t size)
 size_t tee_sim_heap_peak(void)
 {
 	return heap_peak;
+}
+
+/* libutils' heap statistics (OP-TEE with CFG_WITH_STATS), for this TA heap. */
+void malloc_get_stats(struct pta_stats_alloc *stats)
+{
+	memset(stats, 0, sizeof(*stats));
+	strncpy(stats->desc, "TA heap (host TEE simulator)", sizeof(stats->desc) - 1);
+	stats->allocated = (uint32_t)heap_in_use;
+	stats->max_allocated = (uint32_t)heap_peak;
+	stats->size = (uint32_t)heap_size;
+	stats->num_alloc_fail = alloc_fails;
+	stats->biggest_alloc_fail = biggest_fail;
+	stats->biggest_alloc_fail_used = biggest_fail_used;
+}
+
+void malloc_reset_stats(void)
+{
+	heap_peak = heap_in_use;
+	alloc_fails = biggest_fail = biggest_fail_used = 0;
+}
+
+static void *count_failure(size_t size)
+{
+	alloc_fails++;
+	if (size > biggest_fail) {
+		biggest_fail = size > UINT32_MAX ? UINT32_MAX : (uint32_t)size;
+		biggest_fail_used = (uint32_t)heap_in_use;
+	}
+	return NULL;
 }
 
 static struct block *next_block(struct block *b)
@@ -103,7 +134,7 @@ static void *heap_alloc(size_t size)
 	if (size == 0)
 		return zero_size_block;
 	if (size > heap_size)
-		return NULL;
+		return count_failure(size);
 	size = (size + ALIGN - 1) & ~(size_t)(ALIGN - 1);
 	for (b = heap_size ? (struct block *)heap_start : NULL; b; b = next_block(b)) {
 		struct block *n;
@@ -127,7 +158,7 @@ static void *heap_alloc(size_t size)
 			heap_peak = heap_in_use;
 		return b + 1;
 	}
-	return NULL;
+	return count_failure(size);
 }
 
 static struct block *owner_block(void *p)

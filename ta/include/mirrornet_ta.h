@@ -31,6 +31,11 @@
  *     Chunks must arrive in order: offset 0 starts a new set of taps, any other offset must equal the
  *     number of bytes loaded so far (else TEE_ERROR_BAD_STATE). RUN_CPM consumes the loaded taps.
  *
+ *   MIRRORNET_TA_CMD_HEAP_STATS (debugging: the TA heap as OP-TEE's libutils counts it)
+ *     param[0] VALUE_OUTPUT   a = heap bytes in use now, b = peak bytes in use (since the TA started)
+ *     param[1] VALUE_OUTPUT   a = heap size (TA_DATA_SIZE less the allocator's own), b = failed allocations
+ *     param[2..3] NONE
+ *
  * Output policies (fixed when the TA is built; GET_INFO reports which):
  *   LOGITS  output = num_classes float32, the rectified logits
  *   PROBS   output = num_classes float32, softmax of the rectified logits
@@ -50,6 +55,7 @@
 #define MIRRORNET_TA_CMD_GET_INFO   0
 #define MIRRORNET_TA_CMD_RUN_CPM    1
 #define MIRRORNET_TA_CMD_LOAD_TAPS  2
+#define MIRRORNET_TA_CMD_HEAP_STATS 3
 
 #define MIRRORNET_TA_POLICY_LOGITS  0
 #define MIRRORNET_TA_POLICY_PROBS   1

@@ -29,7 +29,7 @@ from .sources import tee_sim_dir
 _ALLOWED_UNDEFINED = {
     "TEE_Malloc", "TEE_Realloc", "TEE_Free", "TEE_MemMove", "TEE_MemCompare", "TEE_MemFill",
     "TEE_CheckMemoryAccessRights", "TEE_Panic", "TEE_GetSystemTime", "TEE_GetREETime",
-    "tee_sim_clock_ns", "tee_sim_ta_malloc", "tee_sim_ta_calloc", "tee_sim_ta_realloc", "tee_sim_ta_free",
+    "tee_sim_clock_ns", "malloc_get_stats", "tee_sim_ta_malloc", "tee_sim_ta_calloc", "tee_sim_ta_realloc", "tee_sim_ta_free",
     "memcpy", "memmove", "memset", "memcmp", "memchr", "strlen", "strnlen", "strcmp", "strncmp",
     "strchr", "strrchr", "abs", "qsort",
     "__stack_chk_fail", "__stack_chk_guard", "_GLOBAL_OFFSET_TABLE_",

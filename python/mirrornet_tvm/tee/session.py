@@ -40,6 +40,16 @@ class CpmResult:
         return np.maximum(self.invoke_ns - self.cpm_ns, 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class HeapStats:
+    """The TA heap as libutils counts it (HEAP_STATS): bytes in use, peak in use, size, failed allocations."""
+
+    in_use: int
+    peak: int
+    size: int
+    failed_allocations: int
+
+
 def _sim_ta_dir(build_dir: Path | None, manifest: dict | None) -> Path:
     if build_dir is None:
         raise UsageError("the host simulator needs the build folder (or ta_dir=) to find <uuid>.sim")
@@ -136,6 +146,12 @@ class TeeSession:
         size, raw = res.outputs[0]
         return self.abi.parse_info(raw[:size])
 
+    def heap_stats(self) -> HeapStats:
+        """The TA heap's use so far (a debugging command: peak heap of the TA instance)."""
+        res = self._check(self.invoke(self.abi.command("HEAP_STATS"), [ValueOut(), ValueOut()]), "HEAP_STATS")
+        (in_use, peak), (size, failed) = res.outputs[0], res.outputs[1]
+        return HeapStats(in_use, peak, size, failed)
+
     def _taps_2d(self, taps) -> np.ndarray:
         arr = np.asarray(taps)
         if arr.dtype.kind != "f":
@@ -217,4 +233,4 @@ class TeeSession:
                          self.info.clock_resolution_ns)
 
 
-__all__ = ["TeeSession", "CpmResult", "code_name"]
+__all__ = ["TeeSession", "CpmResult", "HeapStats", "code_name"]

@@ -128,6 +128,23 @@ void TEE_GetREETime(TEE_Time *time);
 /* Simulator extension (not GP API): a monotonic clock in nanoseconds. */
 uint64_t tee_sim_clock_ns(void);
 
+/*
+ * libutils' heap statistics, as OP-TEE's <malloc.h> declares them when built with CFG_WITH_STATS
+ * (struct pta_stats_alloc as in <pta_stats.h>); the simulator keeps them for its TA heap.
+ */
+#define TEE_ALLOCATOR_DESC_LENGTH 32
+struct pta_stats_alloc {
+	char desc[TEE_ALLOCATOR_DESC_LENGTH];
+	uint32_t allocated;               /* bytes currently allocated */
+	uint32_t max_allocated;           /* peak of allocated */
+	uint32_t size;                    /* size of the heap */
+	uint32_t num_alloc_fail;          /* failed allocation requests */
+	uint32_t biggest_alloc_fail;      /* size of the biggest failed request */
+	uint32_t biggest_alloc_fail_used; /* bytes allocated when it failed */
+};
+void malloc_get_stats(struct pta_stats_alloc *stats);
+void malloc_reset_stats(void);
+
 #ifdef __cplusplus
 }
 #endif
