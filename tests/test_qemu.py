@@ -89,6 +89,13 @@ def test_malformed_invokes_answered_by_the_ta(linear):
     assert res.recovered
 
 
+def test_the_ta_reports_its_own_heap(linear):
+    heap = linear[2].heap  # HEAP_STATS: libutils' statistics of the TA heap, inside OP-TEE
+    assert heap is not None, "the TA's HEAP_STATS command failed under OP-TEE"
+    assert 0 < heap.size <= DATA and heap.failed_allocations == 0
+    assert 0 <= heap.in_use <= heap.peak <= heap.size
+
+
 def test_optee_reports_the_ta_footprint(linear):
     res = linear[2]
     mem = res.memory

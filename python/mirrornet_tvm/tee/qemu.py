@@ -89,6 +89,16 @@ class TaMemory:
 
 
 @dataclasses.dataclass(frozen=True)
+class TaHeap:
+    """The CPM TA's own heap after the runs, as OP-TEE's libutils counts it (the TA's HEAP_STATS)."""
+
+    in_use: int                 # bytes allocated now
+    peak: int                   # high-water mark since the TA instance started
+    size: int                   # the heap (TA_DATA_SIZE less the allocator's bookkeeping)
+    failed_allocations: int
+
+
+@dataclasses.dataclass(frozen=True)
 class QemuResult:
     outputs: np.ndarray               # (N, num_classes) float32 for logits/probs, (N,) int32 for label
     client: str                       # who produced ``outputs``: "mirrornet_client" (src/client) or "mnq"
@@ -96,6 +106,7 @@ class QemuResult:
     policy: str                       # "logits" | "probs" | "label"
     info: dict                        # the TA's GET_INFO answer
     memory: TaMemory | None           # None when OP-TEE offers no stats pseudo TA
+    heap: TaHeap | None               # the TA's heap statistics (None: a TA without HEAP_STATS)
     malformed: tuple                  # MalformedAnswer per case
     recovered: bool                   # a valid run after the malformed ones gave the first answer again
     cpm_ns: np.ndarray                # (N,) uint64, the TA's own CPM timer (TCG time: not a benchmark)
@@ -319,6 +330,14 @@ int main(int argc, char **argv)
 		if (i == 0) memcpy(first, out, out_bytes);
 	}
 	mem("after_runs");
+#ifdef MIRRORNET_TA_CMD_HEAP_STATS
+	/* The TA heap as libutils counts it, after the runs: in use, peak, size, failed allocations. */
+	memset(&op, 0, sizeof op);
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_VALUE_OUTPUT, TEEC_VALUE_OUTPUT, TEEC_NONE, TEEC_NONE);
+	r = TEEC_InvokeCommand(&s, MIRRORNET_TA_CMD_HEAP_STATS, &op, &origin);
+	printf(MARK " heap 0x%08x %u %u %u %u %u\n", r, origin, op.params[0].value.a, op.params[0].value.b,
+	       op.params[1].value.a, op.params[1].value.b);
+#endif
 	/* Malformed invokes: the TA must answer each with a GP error code, never crash. */
 	rewind(f);
 	if (fread(taps, 1, tap_bytes, f) != tap_bytes) { printf(MARK " fatal short_tapfile 0 0\n"); return 1; }
@@ -596,7 +615,7 @@ def _parse(lines: list, n: int, console_log: Path, secure_log: Path) -> dict:
                        f"console log {console_log}, secure-world log {secure_log}")
     info = None
     outs, ns, bad, mem = {}, {}, [], {}
-    after_bad = None
+    after_bad = heap = None
     client = {"exit": None, "hex": [], "msg": []}
     for l in lines:
         p = l.split()
@@ -619,6 +638,8 @@ def _parse(lines: list, n: int, console_log: Path, secure_log: Path) -> dict:
             mem.setdefault(p[2], {})[p[3]] = (int(p[4]), int(p[5]), int(p[6]))
         elif tag == "after_bad":
             after_bad = (int(p[2], 16), p[4] == "1")
+        elif tag == "heap" and int(p[2], 16) == 0:
+            heap = TaHeap(in_use=int(p[4]), peak=int(p[5]), size=int(p[6]), failed_allocations=int(p[7]))
     if info is None or sorted(outs) != list(range(n)):
         raise TeeError(f"incomplete answer from the guest ({len(outs)} of {n} results); "
                        f"console log {console_log}")
@@ -626,7 +647,7 @@ def _parse(lines: list, n: int, console_log: Path, secure_log: Path) -> dict:
         raise TeeError(f"the C client (src/client) failed in the guest with exit {client['exit']}: "
                        f"{' / '.join(client['msg']) or 'no message'}; console log {console_log}")
     return {"info": info, "outs": outs, "ns": ns, "bad": tuple(bad), "mem": mem, "after_bad": after_bad,
-            "client": client}
+            "client": client, "heap": heap}
 
 
 def _memory(mem: dict):
@@ -700,7 +721,7 @@ def run_cpm(build_dir, taps: np.ndarray, timeout: float = 240.0, log_dir=None) -
         outputs, used = probe_outputs, "mnq"
     return QemuResult(
         outputs=outputs, client=used, probe_outputs=probe_outputs, policy=policy, info=info,
-        memory=_memory(res["mem"]),
+        memory=_memory(res["mem"]), heap=res["heap"],
         malformed=res["bad"], recovered=bool(res["after_bad"] and res["after_bad"][0] == 0
                                              and res["after_bad"][1]),
         cpm_ns=np.array([res["ns"].get(i, 0) for i in range(n)], dtype=np.uint64),
