@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mirrornet_tvm.errors import UsageError
 from mirrornet_tvm.tee.abi import load_abi
 from mirrornet_tvm.tee.sources import repo_root
 
@@ -97,6 +98,26 @@ def test_protected_inference_outputs_match_onnxruntime(pipeline):
     assert run.policy == "logits"
     np.testing.assert_allclose(run.outputs, ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(run.predictions, ref.argmax(1))
+
+
+def test_backbone_taps_match_onnxruntime_and_stay_valid_across_calls(pipeline):
+    import onnxruntime as ort
+
+    from mirrornet_tvm import data
+    from mirrornet_tvm.tee.protected import Backbone
+
+    d = pipeline
+    x = data.load("fashion-mnist")[2][:6]
+    backbone = Backbone(d / "build")
+    kept = [backbone.taps(x[i:i + 1]) for i in range(len(x))]  # the input tensor is reused
+    sess = ort.InferenceSession(str(d / "artifact" / "combined.onnx"), providers=["CPUExecutionProvider"])
+    taps = [o.name for o in sess.get_outputs() if o.name.startswith("tap:")]
+    for i, got in enumerate(kept):  # earlier answers were not overwritten by later calls
+        ref = np.concatenate([t.ravel() for t in sess.run(taps, {"input": x[i:i + 1]})])
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(UsageError, match=r"one image of shape \(1, 1, 28, 28\), got \(2, 1, 28, 28\)"):
+        backbone.taps(x[:2])
 
 
 @pytest.mark.qemu
