@@ -273,3 +273,21 @@ def test_a_final_softmax_is_dropped():
     with torch.no_grad():
         _, bl, _ = net(x)
         assert torch.allclose(torch.softmax(bl, 1), g(x), atol=1e-6)   # logits before the Softmax
+
+
+def test_auto_select_passes_over_full_resolution_taps_when_a_downsampled_one_fits(graphs):
+    # ResNet: b1_add (28x28, the input's resolution) fits at 1/4 within 5%, but b3_add (14x14) also does
+    costs = generate_strategies(graphs["resnet"])
+    by_name = {c.strategy.name: c for c in costs}
+    assert by_name["b1_add-w4-add-logits-uniform"].flop_share <= 0.05
+    assert by_name["b1_add-w4-add-logits-uniform"].tap_resolution == 1.0
+    assert by_name["b3_add-w4-add-logits-uniform"].tap_resolution == 0.25
+    assert auto_select(costs, max_flop_share=0.05).strategy.name == "b3_add-w4-add-logits-uniform"
+    # alone, a full-resolution candidate is still accepted (the preference is not a floor)
+    only = [c for c in costs if c.strategy.taps == ("b1_add",)]
+    assert auto_select(only, max_flop_share=0.05).strategy.name == "b1_add-w4-add-logits-uniform"
+    # LeNet's pick is already past its first pooling, the flat taps count as downsampled
+    lenet = auto_select(generate_strategies(graphs["lenet"]), max_flop_share=0.05)
+    assert lenet.tap_resolution < 1.0
+    assert all(c.tap_resolution == 0.0 for c in generate_strategies(graphs["lenet"])
+               if c.strategy.taps == ("b4_relu",))

@@ -189,6 +189,7 @@ class CpmCost:
     cpm_params: int
     model_flops: int
     model_params: int
+    tap_resolution: float = 1.0   # spatial positions of the shallowest tap / the input's (0 for a flat tap)
 
     @property
     def flop_share(self) -> float:
@@ -202,7 +203,15 @@ class CpmCost:
         return {"strategy": self.strategy.to_dict(), "secure_memory": self.memory.to_dict(),
                 "cpm_flops": self.cpm_flops, "cpm_params": self.cpm_params,
                 "model_flops": self.model_flops, "model_params": self.model_params,
-                "flop_share": self.flop_share, "param_share": self.param_share}
+                "flop_share": self.flop_share, "param_share": self.param_share,
+                "tap_resolution": self.tap_resolution}
+
+
+def _tap_resolution(graph, plan) -> float:
+    """Spatial positions of the plan's shallowest tap over the model input's (1.0: full resolution)."""
+    tap = plan.inputs[0][1]
+    full = math.prod(graph.input_shape[2:])
+    return math.prod(tap[2:]) / full if len(tap) > 2 and full else 0.0
 
 
 def _graph_of(model):
@@ -230,7 +239,8 @@ def cpm_cost(strategy: Strategy, model) -> CpmCost:
     graph = _graph_of(model)
     plan = plan_cpm(graph, strategy)
     flops, params = model_totals(graph)
-    return CpmCost(strategy, plan.secure_memory(), plan.flops, plan.params, flops, params)
+    return CpmCost(strategy, plan.secure_memory(), plan.flops, plan.params, flops, params,
+                   _tap_resolution(graph, plan))
 
 
 _STAGE_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "Add")
@@ -293,7 +303,8 @@ def generate_strategies(model, budget_bytes: int | None = DEFAULT_BUDGET_BYTES, 
                         continue
                     for degradation in degradations:
                         s = Strategy(tap_set, width, merge, output, degradation)
-                        kept.append(CpmCost(s, mem, plan.flops, plan.params, flops, params))
+                        kept.append(CpmCost(s, mem, plan.flops, plan.params, flops, params,
+                                            _tap_resolution(graph, plan)))
     return kept
 
 
@@ -304,11 +315,20 @@ def auto_select(costs: list[CpmCost], *, max_flop_share: float = 0.05, min_width
     Rule: among single-tap strategies whose CPM completes the network (``output == "logits"``) with the
     given degradation, at least ``min_width`` wide and at most ``max_flop_share`` of the model's FLOPs,
     take the one with the shallowest tap (the less of the network the normal world holds, the less a
-    thief gets), then the widest CPM (accuracy), then the least secure memory. ``min_width`` keeps the
-    CPM wide enough to come near the original accuracy: on Fashion-MNIST the zoo VGG's 1/8-wide mirror
-    from ``b0_relu`` ended 4.4 points below the original, its 1/4-wide one from ``b2_maxpool`` 0.8 below
-    (8 epochs each). The rule knows nothing of accuracy: the zoo ResNet's pick (``b1_add``, 1/4) ended
-    about 2 points below; deeper taps trade theft resistance for accuracy (see bench/protect_zoo.py).
+    thief gets), then the widest CPM (accuracy), then the least secure memory; but pass over taps at the
+    input's full spatial resolution whenever a tap after the network's first downsampling qualifies.
+
+    Why: a CPM entered at full resolution pays for its entry projection and first convolution at the
+    input's resolution, so the FLOP share leaves it a narrow entry (4 channels for the zoo ResNet's
+    ``b1_add``) that loses what the tap holds. Measured on Fashion-MNIST (full training split, official
+    test split, the default joint training): the zoo ResNet's ``b1_add`` 1/4 (28x28, 4.3% of FLOPs)
+    ended 1.37 points below the original, its ``b3_add`` 1/4 (14x14, 2.4% of FLOPs) 0.69 below; an
+    8-channel entry for ``b1_add`` (5.6% of FLOPs, over the share) recovered only 0.65 of the 2.49
+    points it lost with the former 8-epoch training. The zoo VGG (``b2_maxpool``, 14x14) and LeNet
+    (``b2_relu``, 10x10) picks are past their first pooling already and unchanged. ``min_width`` keeps
+    the CPM wide enough to come near the original accuracy: the zoo VGG's 1/8-wide mirror from
+    ``b0_relu`` ended 4.4 points below the original (8 epochs). Deeper taps trade theft resistance for
+    accuracy (see bench/protect_zoo.py and bench/security_table.py).
     """
     pool = [c for c in costs if len(c.strategy.taps) == 1 and c.strategy.output == "logits"
             and c.strategy.degradation == degradation and c.flop_share <= max_flop_share
@@ -316,6 +336,8 @@ def auto_select(costs: list[CpmCost], *, max_flop_share: float = 0.05, min_width
     if not pool:
         raise StrategyError(f"no single-tap strategy of width >= {min_width:g} within {max_flop_share:.0%} of the "
                             "model's FLOPs fits the secure-memory budget; raise --budget-kib or give --strategy")
+    downsampled = [c for c in pool if c.tap_resolution < 1.0]
+    pool = downsampled or pool
     order = {}
     for c in costs:
         order.setdefault(c.strategy.taps[0], len(order))
