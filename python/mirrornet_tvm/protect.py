@@ -36,7 +36,8 @@ ONNX_CHECK_IMAGES = 32
 ONNX_TOLERANCE = 1e-4
 AUTO_NOTE = ("chosen by secure memory and FLOPs alone (no performance emulator: give --tuning DIR from "
              "`mirrornet tune` to choose by predicted latency): the shallowest single tap whose CPM, at least "
-             "1/4 wide, completes the network within {share:.0%} of the model's FLOPs")
+             "1/4 wide, completes the network within {share:.0%} of the model's FLOPs, past the input's full "
+             "resolution when such a tap qualifies")
 # Issue targets the report checks each artifact against.
 TARGETS = {"authorized_drop_points": 1.0, "illegal_max": 0.15, "flop_share_max": 0.05,
            "secure_bytes_max": 1 << 20}
