@@ -156,13 +156,14 @@ def row(model: str, config: str, art: Path) -> dict | None:
 def print_table(rows: list) -> None:
     print(f"machine: {machine()}")
     print("dataset: Fashion-MNIST, accuracies on the official 10,000-image test split\n")
-    head = (f"{'model':<7} {'configuration':<16} {'train':>6} {'ep':>2} {'original':>8} {'authorized':>10} "
+    head = (f"{'model':<7} {'configuration':<17} {'train':>6} {'ep':>2} {'original':>8} {'authorized':>10} "
             f"{'drop pt':>7} {'illegal':>7} {'gap pt':>6} {'auth/orig':>9} {'ill/orig':>8} {'CPM FLOPs':>9} "
             f"{'CPM params':>10} {'secure KiB':>10} {'train s':>7} {'targets':>7}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['model']:<7} {r['config']:<16} {r['train']:>6} {r['epochs']:>2} {r['original']:>8.2%} "
+        config = r["config"] + ("*" if r.get("stale") else "")
+        print(f"{r['model']:<7} {config:<17} {r['train']:>6} {r['epochs']:>2} {r['original']:>8.2%} "
               f"{r['authorized']:>10.2%} {r['drop']:>7.2f} {r['illegal']:>7.2%} {r['gap']:>6.1f} "
               f"{r['auth_ratio']:>9.3f} {r['illegal_ratio']:>8.3f} {r['flop_share']:>9.2%} "
               f"{r['param_share']:>10.2%} {r['secure_kib']:>10.1f} {r['train_s']:>7.0f} "
@@ -170,6 +171,11 @@ def print_table(rows: list) -> None:
     print("\nstrategies and commands:")
     for r in rows:
         print(f"  {r['model']}/{r['config']}: {r['strategy']}\n    {r['command']}")
+    stale = [r for r in rows if r.get("stale")]
+    if stale:
+        print("\n* made with other settings than the command gives today (rerun without --table-only):")
+        for r in stale:
+            print(f"  {r['model']}/{r['config']}: {r['stale']}")
     print("\ntargets: authorized within 1 point of original, illegal use <= 15%, CPM <= 5% of FLOPs, "
           "secure memory < 1 MiB")
 
@@ -200,6 +206,8 @@ def main(argv=None) -> int:
                 protect(out, model, base, config, args)
             r = row(model, config, art)
             if r:
+                base = out / "base" / f"{model}.onnx"
+                r["stale"] = stale_reason(art, model, base, config, args) if base.is_file() else None
                 rows.append(r)
     if not rows:
         print(f"no artifacts under {out}; run without --table-only", file=sys.stderr)
