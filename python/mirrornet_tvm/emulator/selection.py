@@ -112,12 +112,12 @@ def rank_space(model, costs, emulator: Emulator, *, budget_bytes: int | None = N
                degradation: str = "uniform", progress: bool = True) -> Ranking:
     """Emulate ``costs`` (from ``generate_strategies``) of ``model``, rank them and select under the floors."""
     costs = list(costs)
+    if any(getattr(c, "flop_share", None) is None for c in costs):
+        raise StrategyError("rank_space needs CpmCost items (from generate_strategies), not bare strategies: "
+                            "the floors are judged on each CPM's FLOP share")
     start = time.perf_counter()
     estimates = emulator.emulate(costs, model, progress=progress)
     seconds = time.perf_counter() - start
-    if any(e.flop_share is None for e in estimates):
-        raise StrategyError("rank_space needs CpmCost items (from generate_strategies), not bare strategies: "
-                            "the floors are judged on each CPM's FLOP share")
     ranked = rank(estimates, budget_bytes)
     eligible = {c.strategy.name for c in rule_pool(costs, max_flop_share=max_flop_share, degradation=degradation)}
     pool = [e for e in ranked if e.name in eligible]
