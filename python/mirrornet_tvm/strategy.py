@@ -308,6 +308,16 @@ def generate_strategies(model, budget_bytes: int | None = DEFAULT_BUDGET_BYTES, 
     return kept
 
 
+def auto_pool(costs: list[CpmCost], *, max_flop_share: float = 0.05, min_width: float = 0.25,
+              degradation: str = "uniform") -> list[CpmCost]:
+    """The strategies :func:`auto_select` chooses among (its floors; the emulator picks from these too)."""
+    pool = [c for c in costs if len(c.strategy.taps) == 1 and c.strategy.output == "logits"
+            and c.strategy.degradation == degradation and c.flop_share <= max_flop_share
+            and c.strategy.width_ratio >= min_width - 1e-9]
+    downsampled = [c for c in pool if c.tap_resolution < 1.0]
+    return downsampled or pool
+
+
 def auto_select(costs: list[CpmCost], *, max_flop_share: float = 0.05, min_width: float = 0.25,
                 degradation: str = "uniform") -> CpmCost:
     """Pick a strategy by secure memory and FLOPs alone (no latency model, no accuracy model).
@@ -330,14 +340,10 @@ def auto_select(costs: list[CpmCost], *, max_flop_share: float = 0.05, min_width
     ``b0_relu`` ended 4.4 points below the original (8 epochs). Deeper taps trade theft resistance for
     accuracy (see bench/protect_zoo.py and bench/security_table.py).
     """
-    pool = [c for c in costs if len(c.strategy.taps) == 1 and c.strategy.output == "logits"
-            and c.strategy.degradation == degradation and c.flop_share <= max_flop_share
-            and c.strategy.width_ratio >= min_width - 1e-9]
+    pool = auto_pool(costs, max_flop_share=max_flop_share, min_width=min_width, degradation=degradation)
     if not pool:
         raise StrategyError(f"no single-tap strategy of width >= {min_width:g} within {max_flop_share:.0%} of the "
                             "model's FLOPs fits the secure-memory budget; raise --budget-kib or give --strategy")
-    downsampled = [c for c in pool if c.tap_resolution < 1.0]
-    pool = downsampled or pool
     order = {}
     for c in costs:
         order.setdefault(c.strategy.taps[0], len(order))
