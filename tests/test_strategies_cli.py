@@ -79,6 +79,9 @@ def test_ranking_json_selects_the_fastest_strategy_meeting_the_floors(lenet, ran
         s = by_name[name]["strategy"]
         assert len(s["taps"]) == 1 and s["output"] == "logits" and s["width_ratio"] >= 0.25
         assert s["degradation"] == "uniform" and by_name[name]["flop_share"] <= AUTO_FLOP_SHARE
+    # ... past the input's full resolution whenever such a tap qualifies
+    resolution = {c.strategy.name: c.tap_resolution for c in costs}
+    assert all(resolution[n] < 1.0 for n in eligible) or all(resolution[n] == 1.0 for n in eligible)
     selected = by_name[report["selected"]]
     assert selected["total_s"] == min(by_name[n]["total_s"] for n in eligible)
     # never predicted slower than what the rule alone picks

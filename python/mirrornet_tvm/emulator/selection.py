@@ -5,10 +5,11 @@
     ranking.selected, ranking.front, ranking.estimates          # pick, Pareto front, all (fastest first)
 
 The floors stand in for accuracy and theft resistance, which the emulator cannot predict: a strategy is
-eligible when the ``--auto`` rule (:func:`mirrornet_tvm.strategy.auto_select`) would accept it on its
-own (single tap, CPM completing the network, width and FLOP share bounds). :func:`rule_pool` asks
-``auto_select`` about each strategy, so the floors follow whatever that rule says. Among the eligible
-strategies within the secure-memory budget the one with the least predicted latency is selected.
+eligible when it is among the candidates the ``--auto`` rule chooses from
+(:func:`mirrornet_tvm.strategy.auto_pool`: single tap, CPM completing the network, width and FLOP share
+bounds, past the input's full resolution when such a tap qualifies), so the floors follow whatever that
+rule says. Among the eligible strategies within the secure-memory budget the one with the least
+predicted latency is selected.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ TUNE_REPORT = "tune_report.json"
 DATABASE_RECORDS = ("database", "database_tuning_record.json")
 LATENCY_VS_MEMORY = (("total_s", -1), ("secure_bytes", -1))
 FLOORS_NOTE = ("single tap whose CPM completes the network, at least 1/{width} wide, at most {share:.0%} of the "
-               "model's FLOPs, {degradation} degradation")
+               "model's FLOPs, past the input's full resolution when such a tap qualifies, {degradation} "
+               "degradation")
 
 
 def load_tuning(folder, target=None) -> Emulator:
@@ -63,17 +65,10 @@ def tuning_summary(emulator: Emulator) -> dict:
 
 
 def rule_pool(costs, *, max_flop_share: float, degradation: str = "uniform") -> list:
-    """The strategies (``CpmCost`` items) the ``--auto`` rule accepts, each judged on its own."""
-    from ..strategy import auto_select
+    """The strategies (``CpmCost`` items) the ``--auto`` rule chooses among: its floors."""
+    from ..strategy import auto_pool
 
-    pool = []
-    for c in costs:
-        try:
-            auto_select([c], max_flop_share=max_flop_share, degradation=degradation)
-        except StrategyError:
-            continue
-        pool.append(c)
-    return pool
+    return auto_pool(costs, max_flop_share=max_flop_share, degradation=degradation)
 
 
 def _rule_min_width() -> float:
