@@ -35,6 +35,7 @@ PUBLIC = [
     ("mirrornet_tvm.analysis", "candidate taps, FLOPs and parameters"),
     ("mirrornet_tvm.strategy", "CPM strategies and their secure-memory cost"),
     ("mirrornet_tvm.emulator.emulate", "per-strategy latency estimates, selection, Pareto front"),
+    ("mirrornet_tvm.emulator.selection", "ranking strategies for `mirrornet strategies` and `protect --auto --tuning`"),
     ("mirrornet_tvm.emulator.cost_model", "xgboost cost model over MetaSchedule features"),
     ("mirrornet_tvm.emulator.harness", "measuring kernels locally or through RPC"),
     ("mirrornet_tvm.emulator.rpc", "RPC tracker and servers"),
