@@ -21,7 +21,7 @@ fine-tuning the stolen convolutions once the backbone holds both stages (1.15x f
 ``adversarial`` objective (a linear attacker on the tap, trained on the whole split) removes the probe's
 advantage but not fine-tuning's while the backbone keeps both convolutions. Fed from ``b1_maxpool``
 (the backbone is the first convolution only; CPM 1/4, 5.8% of FLOPs) with distillation from the original
-(``--adv 0.07 --distill 1``) it keeps the thief at the black-box level at 60 labels (1.03x) at 87.9%
+(``--adv 0.07 --distill 1``) it keeps every attack within 1.03x black-box at 60 and 600 labels, at 87.9%
 authorized; ``--adv 0.1`` leaves every attack below black-box at 86.3%, ``--adv 0.05`` lets the probe
 reach 1.06x at 88.1%. The 1/4 CPM itself caps that tap at about 88.7% even on untouched features, so
 no weight brings it within a point of the original. The ``fewshot`` objective
