@@ -47,13 +47,13 @@ RECIPES = (
     {"model": "lenet", "name": "adv0.1-distill", "label": "adv 0.1 + distillation", "taps": ["b1_maxpool"],
      "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.1, "distill": 1.0}},
     {"model": "lenet", "name": "adv0.05-distill", "label": "adv 0.05 + distillation", "taps": ["b1_maxpool"],
-     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.05, "distill": 1.0}},
+     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.05, "distill": 1.0, "epochs": 8}},
     {"model": "lenet", "name": "adv0.07-distill", "label": "adv 0.07 + distillation", "taps": ["b1_maxpool"],
-     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.07, "distill": 1.0}},
+     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.07, "distill": 1.0, "epochs": 8}},
     {"model": "lenet", "name": "adv0.5-distill", "label": "adv 0.5 + distillation", "taps": ["b2_relu"],
-     "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.5, "distill": 1.0}},
+     "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.5, "distill": 1.0, "epochs": 8}},
     {"model": "lenet", "name": "adv0.2-distill", "label": "adv 0.2 + distillation", "taps": ["b2_relu"],
-     "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.2, "distill": 1.0}},
+     "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.2, "distill": 1.0, "epochs": 8}},
 )
 
 
