@@ -99,3 +99,16 @@ def test_joint_training_with_fewshot_moves_the_backbone(lenet_graph, small_data)
     assert len(result.epochs) == 1 and np.isfinite(result.epochs[0].loss)
     moved = [k for k, v in net.backbone.state_dict().items() if "weight" in k and not torch.equal(v, w0[k])]
     assert moved, "the fewshot term must train the backbone"
+
+
+def test_auto_strategy_with_the_fewshot_objective(lenet_graph):
+    """`protect --auto --degradation fewshot` has candidates although generate_strategies does not
+    enumerate fewshot by default; the other objectives' picks are unchanged."""
+    from mirrornet_tvm.mirror import strip_softmax
+    from mirrornet_tvm.protect import choose_strategy
+
+    graph = strip_softmax(lenet_graph)
+    few = choose_strategy(graph, auto=True, degradation="fewshot").strategy
+    uni = choose_strategy(graph, auto=True, degradation="uniform").strategy
+    assert few.degradation == "fewshot" and uni.degradation == "uniform"
+    assert few.replace(degradation="uniform") == uni

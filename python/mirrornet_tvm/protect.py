@@ -25,7 +25,8 @@ from .errors import ArtifactError, ModelError, UsageError
 from .frontend import load_model
 from .graph import GraphNet
 from .mirror import MirrorNet, strip_softmax
-from .strategy import DEFAULT_BUDGET_BYTES, Strategy, auto_select, cpm_cost, generate_strategies
+from .strategy import (DEFAULT_BUDGET_BYTES, Strategy, auto_select, cpm_cost, degradations_with,
+                       generate_strategies)
 from .training import JointConfig, evaluate_mirrornet, train_joint
 from .training_base import evaluate, set_threads
 from .util import atomic_write, read_json, sha256_file, write_json
@@ -82,7 +83,7 @@ def choose_strategy(graph, strategy=None, auto: bool = False, budget_bytes: int 
         if degradation:
             s = s.replace(degradation=degradation)
         return StrategyChoice(s, f"given ({strategy if not isinstance(strategy, Strategy) else 'by the caller'})")
-    costs = generate_strategies(graph, budget_bytes)
+    costs = generate_strategies(graph, budget_bytes, degradations=degradations_with(degradation))
     if tuning is None:
         pick = auto_select(costs, max_flop_share=AUTO_FLOP_SHARE, degradation=degradation or "uniform")
         return StrategyChoice(pick.strategy, "auto: " + AUTO_NOTE.format(share=AUTO_FLOP_SHARE))

@@ -27,6 +27,12 @@ MERGES = ("add", "concat")
 OUTPUTS = ("logits", "correction")
 DEGRADATIONS = ("uniform", "adversarial", "fewshot")   # fewshot: mirrornet_tvm.degradation
 ENUMERATED_DEGRADATIONS = ("uniform", "adversarial")   # what generate_strategies enumerates by default
+
+
+def degradations_with(degradation: str | None) -> tuple:
+    """The objectives ``generate_strategies`` enumerates by default, plus ``degradation`` if it is not one of
+    them (so that `--auto --degradation fewshot` has candidates)."""
+    return tuple(dict.fromkeys((*ENUMERATED_DEGRADATIONS, *((degradation,) if degradation else ()))))
 DEFAULT_BUDGET_BYTES = 1 << 20
 FLOAT_BYTES = 4
 

@@ -34,7 +34,7 @@ def strategies(model, tuning_dir, budget_kib, max_taps, degradation, top, as_jso
     from ..frontend import load_model
     from ..mirror import strip_softmax
     from ..protect import AUTO_FLOP_SHARE
-    from ..strategy import auto_select, generate_strategies
+    from ..strategy import auto_select, degradations_with, generate_strategies
 
     if budget_kib < 1:
         raise UsageError(f"--budget-kib must be positive, got {budget_kib}")
@@ -47,7 +47,7 @@ def strategies(model, tuning_dir, budget_kib, max_taps, degradation, top, as_jso
     budget = budget_kib * 1024
     loaded = load_model(model)
     graph = strip_softmax(loaded.graph())
-    costs = generate_strategies(graph, budget, max_taps=max_taps)
+    costs = generate_strategies(graph, budget, max_taps=max_taps, degradations=degradations_with(degradation))
     if tuning_dir:
         _ranked(loaded, model, costs, tuning_dir, budget, degradation, top, as_json, json_out, plot, quiet)
         return
