@@ -66,7 +66,10 @@ STEPS = [
          work_flag="--out"),
     Step("security_table", "security_table.py",
          "model stealing against the black-box baseline, by strategy, degradation and budget",
-         full=(), quick=("--quick", "--max-minutes", "45"), work_flag="--out"),
+         # full: LeNet's grid with every training recipe, cached in out/security (the script's own default,
+         # shared with direct runs); many hours from scratch, minutes when the cache holds the cells
+         full=("--quick", "--budgets", "0.001,0.01"),
+         quick=("--quick", "--max-minutes", "45", "--out", "out/bench/quick/work/security_table")),
     Step("protected_latency", "protected_latency.py",
          "latency: original, backbone alone, protected (simulator), whole model in the TA",
          full=(), quick=("--models", "lenet,vgg", "--images", "20", "--rounds", "2")),
