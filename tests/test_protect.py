@@ -51,6 +51,7 @@ def test_protect_writes_the_artifact(model_path, tmp_path, capsys):
     mem = m["secure_memory"]
     assert mem["total"] == mem["weights"] + mem["activations"] + mem["taps"] + mem["logits"]
     assert m["onnx_check"]["max_abs_diff"] < 1e-4
+    assert m["onnx_check"]["max_rel_diff"] <= m["onnx_check"]["max_abs_diff"]
     assert m["command"].startswith("mirrornet protect") and "--subset 200" in m["command"]
     assert m["training"]["seed"] == 0 and m["training"]["epochs"] == 1 and m["wall_seconds"] > 0
     assert "given" in m["strategy_selection"]
