@@ -62,7 +62,9 @@ class Step:
 STEPS = [
     Step("protect_zoo", "protect_zoo.py",
          "accuracy: original / authorized / illegal use, CPM FLOP share and secure memory",
-         full=("--models", "lenet,vgg,resnet"), quick=("--models", "lenet,vgg", "--subset", "3000", "--epochs", "2"),
+         # the adversarial objective's rows are in the security table (with what a thief gets)
+         full=("--models", "lenet,vgg,resnet", "--configs", "auto-uniform,deep-uniform"),
+         quick=("--models", "lenet,vgg", "--subset", "3000", "--epochs", "2"),
          work_flag="--out"),
     Step("security_table", "security_table.py",
          "model stealing against the black-box baseline, by strategy, degradation and budget",
