@@ -22,7 +22,6 @@ Ratios are to "default host". The Relax VM runs single-threaded (TVM_NUM_THREADS
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -35,7 +34,7 @@ os.environ["TVM_NUM_THREADS"] = "1"  # before tvm is imported
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from protected_latency import cpu_model, make_artifact  # noqa: E402
+from protected_latency import cpu_model, make_artifact, write_rows  # noqa: E402
 
 CALLS = 30  # calls per round and variant
 
@@ -154,8 +153,7 @@ def main(argv=None) -> int:
     print("max|diff| = largest difference of any TVM build's taps from onnxruntime's. 'default host' is what "
           "`mirrornet compile` builds when no tuning record exists.")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": {"platform": platform.platform(), "cpu": cpu_model(),
-                                                            "cores": os.cpu_count()}, "rows": rows}, indent=2))
+        write_rows(args.json, rows)
     return 0
 
 

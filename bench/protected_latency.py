@@ -59,6 +59,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def write_rows(path, rows) -> None:
+    """The table's rows with the machine, as JSON (atomically)."""
+    from mirrornet_tvm.util import write_json
+
+    write_json(path, {"machine": {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count()},
+                      "rows": rows})
+
+
 def make_artifact(name: str, folder: Path):
     """combined.onnx + strategy.json for zoo model ``name``, and the original model's ONNX."""
     import torch
@@ -127,7 +135,6 @@ def bench_model(name: str, work: Path, x: np.ndarray, rounds: int, tune_trials: 
     import tvm
     from tvm import relax
 
-    from mirrornet_tvm import frontend
     from mirrornet_tvm.compile import compile_artifact
     from mirrornet_tvm.tee.package import package_ta
     from mirrornet_tvm.tee.protected import Backbone
@@ -242,8 +249,7 @@ def main(argv=None) -> int:
           "repeated back to back. Both are two process wake-ups: on a loaded machine (load average above) "
           "a wake-up after CPU-bound work waits for other processes' time slices")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": {"platform": platform.platform(), "cpu": cpu_model(),
-                                                            "cores": os.cpu_count()}, "rows": rows}, indent=2))
+        write_rows(args.json, rows)
     return 0
 
 
