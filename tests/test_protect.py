@@ -124,3 +124,38 @@ def test_report_on_a_folder_without_metrics(tmp_path, capsys):
     assert code != 0 and "no metrics.json" in err
     code, _, err = _run(["report", str(tmp_path / "nope")], capsys)
     assert code != 0 and "not an artifact folder" in err
+
+
+def test_security_floor_records_the_verdict_and_tries_the_rules_candidates(model_path, tmp_path):
+    """--security-floor: each candidate is protected and attacked; the verdict and every strategy tried
+    are in metrics.json; when none meets the floor the error names them and the artifact says NOT met."""
+    from mirrornet_tvm.attack.floor import SecurityFloor
+    from mirrornet_tvm.errors import StrategyError
+    from mirrornet_tvm.protect import protect
+    from mirrornet_tvm.training import JointConfig
+
+    small = dict(lrs=(1e-3,), epochs=1, test_subset=300)
+    cfg = JointConfig(epochs=1)
+    easy = protect(model_path, "fashion-mnist", tmp_path / "easy", auto=True, config=cfg, subset=200,
+                   progress=False, security_floor=SecurityFloor(ratio=1e6, **small))
+    sec = easy.metrics["security"]
+    assert sec["met"] and sec["failures"] == [] and len(sec["strategies_tried"]) == 1
+    assert {r["budget"] for r in sec["report"]["summary"]} >= {0.001, 0.01}
+    assert json.loads((tmp_path / "easy" / "metrics.json").read_text())["security"]["met"]
+
+    class Unreachable(SecurityFloor):      # a floor no protection meets: the search's failure path
+        def met_by(self, report):
+            return False
+
+        def failures(self, report):
+            return ["unreachable floor of this test"]
+
+    impossible = Unreachable(ratio=1e6, **small)
+    with pytest.raises(StrategyError, match="none of the 2 strategies tried meets the security floor"):
+        protect(model_path, "fashion-mnist", tmp_path / "hard", auto=True, config=cfg, subset=200,
+                progress=False, security_floor=impossible, floor_candidates=2)
+    m = json.loads((tmp_path / "hard" / "metrics.json").read_text())
+    tried = m["security"]["strategies_tried"]
+    assert not m["security"]["met"] and len(tried) == 2 and tried[0]["strategy"] != tried[1]["strategy"]
+    assert tried[0]["strategy"] == easy.metrics["strategy"]["name"]      # the rule's own pick goes first
+    assert tried[1]["failures"] == ["unreachable floor of this test"] and "NOT met" in m["strategy_selection"]

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from . import __version__, data
-from .errors import ArtifactError, ModelError, UsageError
+from .errors import ArtifactError, ModelError, StrategyError, UsageError
 from .frontend import load_model
 from .graph import GraphNet
 from .mirror import MirrorNet, strip_softmax
-from .strategy import (DEFAULT_BUDGET_BYTES, Strategy, auto_select, cpm_cost, degradations_with,
+from .strategy import (DEFAULT_BUDGET_BYTES, Strategy, auto_pool, auto_select, cpm_cost, degradations_with,
                        generate_strategies)
 from .training import JointConfig, evaluate_mirrornet, train_joint
 from .training_base import evaluate, set_threads
@@ -34,6 +34,7 @@ from .util import atomic_write, read_json, sha256_file, write_json
 ARTIFACT_FILES = ("original.onnx", "combined.onnx", "backbone.onnx", "strategy.json", "metrics.json")
 AUTO_FLOP_SHARE = 0.05
 ONNX_CHECK_IMAGES = 32
+FLOOR_CANDIDATES = 3        # strategies --auto --security-floor tries at most
 ONNX_TOLERANCE = 1e-4    # of the outputs' scale, max(1, |output|): see _onnx_check
 AUTO_NOTE = ("chosen by secure memory and FLOPs alone (no performance emulator: give --tuning DIR from "
              "`mirrornet tune` to choose by predicted latency): the shallowest single tap whose CPM, at least "
@@ -143,8 +144,22 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
             config: JointConfig = JointConfig(), subset: int | None = None,
             budget_bytes: int = DEFAULT_BUDGET_BYTES, degradation: str | None = None, tuning=None,
             resume: bool = False, force: bool = False, threads: int | None = None,
-            progress: bool = True, command: str | None = None) -> ProtectResult:
-    """Protect the ONNX model at ``model_path`` (see the module docstring); returns the metrics."""
+            progress: bool = True, command: str | None = None, security_floor=None,
+            floor_candidates: int = FLOOR_CANDIDATES) -> ProtectResult:
+    """Protect the ONNX model at ``model_path`` (see the module docstring); returns the metrics.
+
+    ``security_floor`` (a :class:`~mirrornet_tvm.attack.floor.SecurityFloor`): attack the protected model
+    (:func:`~mirrornet_tvm.attack.security_check`) and record the verdict in ``metrics["security"]``. With
+    ``auto``, the candidates of the ``--auto`` rule are tried in its order (at most ``floor_candidates``)
+    until one meets the floor; :class:`StrategyError` when none does (the artifact then holds the last
+    one tried, its metrics saying so). With a given strategy, a miss is recorded, not raised.
+    """
+    if security_floor is not None:
+        return _protect_with_floor(model_path, dataset, out_dir, security_floor, floor_candidates,
+                                   strategy=strategy, auto=auto, config=config, subset=subset,
+                                   budget_bytes=budget_bytes, degradation=degradation, tuning=tuning,
+                                   resume=resume, force=force, threads=threads, progress=progress,
+                                   command=command)
     t_start = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -224,6 +239,48 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
     _say(progress, f"authorized {acc['authorized']:.2%} (original {original_acc:.2%}), illegal use "
                    f"{acc['illegal']:.2%}; artifact written to {out}")
     return ProtectResult(out, metrics)
+
+
+def _protect_with_floor(model_path, dataset, out_dir, floor, floor_candidates, *, strategy, auto, budget_bytes,
+                        degradation, tuning, force, progress, **kw) -> ProtectResult:
+    if floor_candidates < 1:
+        raise UsageError(f"floor_candidates must be at least 1, got {floor_candidates}")
+    if auto and tuning is None:   # the rule's pick first, then the rest of its pool, shallow to deep
+        graph = strip_softmax(load_model(model_path).graph())
+        costs = generate_strategies(graph, budget_bytes, degradations=degradations_with(degradation))
+        first = auto_select(costs, max_flop_share=AUTO_FLOP_SHARE, degradation=degradation or "uniform")
+        pool = auto_pool(costs, max_flop_share=AUTO_FLOP_SHARE, degradation=degradation or "uniform")
+        candidates = [first.strategy] + [c.strategy for c in pool if c.strategy != first.strategy]
+        candidates = candidates[:floor_candidates]
+    else:                         # a given strategy, or the emulator's single choice
+        candidates = [strategy]
+    tried = []
+    for k, s in enumerate(candidates):
+        result = protect(model_path, dataset, out_dir, strategy=s, auto=s is None, tuning=tuning,
+                         budget_bytes=budget_bytes, degradation=degradation, force=force or k > 0,
+                         progress=progress, **kw)
+        name = result.metrics["strategy"]["name"]
+        _say(progress, f"security floor: attacking {name} ({floor.describe()})")
+        report = floor.check(Path(out_dir), dataset, progress=progress)
+        met = floor.met_by(report)
+        tried.append({"strategy": name, "met": met, "failures": [] if met else floor.failures(report)})
+        result.metrics["security"] = {"floor": floor.describe(), "met": met, "failures": tried[-1]["failures"],
+                                      "report": report.to_dict(), "strategies_tried": list(tried)}
+        if len(candidates) > 1:
+            result.metrics["strategy_selection"] += (f"; security floor {'met' if met else 'NOT met'} by "
+                                                     f"candidate {k + 1} of {len(candidates)} in the rule's order")
+        write_json(Path(out_dir) / "metrics.json", result.metrics)
+        _say(progress, f"security floor {'met' if met else 'NOT met'} by {name}"
+                       + ("" if met else f": {tried[-1]['failures'][0]}"))
+        if met:
+            return result
+    if auto and tuning is None:
+        raise StrategyError(
+            f"none of the {len(tried)} strategies tried meets the security floor ({floor.describe()}): "
+            + "; ".join(f"{d['strategy']}: {d['failures'][0]}" for d in tried)
+            + f". {out_dir} holds the last one, its metrics say so. Try --floor-candidates N, the adversarial "
+              "degradation objective, or a strategy with a shallower tap (--strategy)")
+    return result
 
 
 def check_targets(metrics: dict) -> dict:

@@ -1,10 +1,11 @@
 """The evaluation fed back into strategy choice: keep the first strategy whose protection meets a floor.
 
-``mirrornet protect --security-floor 1.05`` can be built on :func:`first_secure`: give it the candidate
-strategies in the order they should be tried and a function that protects the model with one of them
-(returning an artifact folder, a :class:`~.victim.Victim`, or a ``(MirrorNet, original GraphNet)`` pair);
-each result is attacked (:func:`~.evaluate.security_check`) and the first that meets the
-:class:`SecurityFloor` is returned with the reports of every strategy tried.
+:func:`first_secure`: give it the candidate strategies in the order they should be tried and a function that
+protects the model with one of them (returning an artifact folder, a :class:`~.victim.Victim`, or a
+``(MirrorNet, original GraphNet)`` pair); each result is attacked (:func:`~.evaluate.security_check`) and the
+first that meets the :class:`SecurityFloor` is returned with the reports of every strategy tried.
+``mirrornet protect --security-floor 1.05`` (:func:`mirrornet_tvm.protect.protect` with ``security_floor``)
+runs the same search over the ``--auto`` rule's candidates, writing each verdict into the artifact's metrics.
 """
 from __future__ import annotations
 

@@ -55,6 +55,13 @@ def _command_line() -> str:
               help="Backbone layers after the last tap: re-initialise and freeze, or train.")
 @click.option("--budget-kib", type=int, default=1024, show_default=True,
               help="Secure-memory budget for --auto.")
+@click.option("--security-floor", type=float, default=None, metavar="RATIO",
+              help="Attack the protected model (fine-tuning the stolen backbone, linear probes on the taps; "
+                   "0.1%% and 1%% of the training split, one seed) and require every attack to stay within RATIO "
+                   "x the black-box baseline, e.g. 1.05. With --auto, the rule's candidates are tried in order "
+                   "until one meets it. The verdict goes into metrics.json and the report.")
+@click.option("--floor-candidates", type=click.IntRange(1), default=3, show_default=True,
+              help="With --auto --security-floor: most strategies to protect and attack.")
 @click.option("--threads", type=int, default=None, help="Torch threads (default 1: fastest on shared cores).")
 @click.option("--resume", is_flag=True, help="Continue from ARTIFACT_DIR/checkpoint.pt.")
 @click.option("--force", is_flag=True, help="Discard an existing checkpoint and start over.")
@@ -62,7 +69,8 @@ def _command_line() -> str:
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Artifact folder to write.")
 def protect(model, dataset, strategy_file, auto, tuning_dir, degradation, epochs, subset, seed, batch_size, lr_cpm,
-            lr_backbone, lam, adv, distill, tail, budget_kib, threads, resume, force, quiet, out_dir):
+            lr_backbone, lam, adv, distill, tail, budget_kib, security_floor, floor_candidates, threads, resume,
+            force, quiet, out_dir):
     """Turn MODEL (ONNX) into a MirrorNet: joint training of backbone and CPM, artifact in -o."""
     from ..errors import UsageError
     from ..protect import protect as run
@@ -71,9 +79,18 @@ def protect(model, dataset, strategy_file, auto, tuning_dir, degradation, epochs
         raise UsageError(f"--budget-kib must be positive, got {budget_kib}")
     config = JointConfig(epochs=epochs, batch_size=batch_size, lr_cpm=lr_cpm, lr_backbone=lr_backbone,
                          lam=lam, adv=adv, distill=distill, tail=tail, seed=seed)
+    floor = None
+    if security_floor is not None:
+        from ..attack.floor import SecurityFloor
+
+        if not security_floor >= 1:
+            raise UsageError(f"--security-floor is a ratio to the black-box baseline of at least 1 (e.g. 1.05), "
+                             f"got {security_floor}")
+        floor = SecurityFloor(ratio=security_floor)
     result = run(model, dataset, out_dir, strategy=strategy_file, auto=auto, tuning=tuning_dir, config=config,
                  subset=subset, budget_bytes=budget_kib * 1024, degradation=degradation, resume=resume, force=force,
-                 threads=threads, progress=not quiet, command=_command_line())
+                 threads=threads, progress=not quiet, command=_command_line(), security_floor=floor,
+                 floor_candidates=floor_candidates)
     from .report_cmd import format_report
 
     click.echo(format_report(result.metrics, str(result.out_dir)))

@@ -47,6 +47,14 @@ def format_report(m: dict, where: str = "") -> str:
         lines += ["", "  targets"]
         for name, t in targets.items():
             lines.append(f"    {'met    ' if t['met'] else 'NOT met'}  {name.replace('_', ' ')}")
+    sec = m.get("security")
+    if sec:
+        from ..attack.report import summary_lines
+
+        lines += ["", f"  security floor ({sec['floor']}): {'met' if sec['met'] else 'NOT met'}"]
+        lines += ["  " + line for line in summary_lines(sec["report"])]
+        for d in sec.get("strategies_tried", [])[:-1]:
+            lines.append(f"  tried before: {d['strategy']}: {d['failures'][0] if d['failures'] else 'met'}")
     if m.get("onnx_check"):
         lines.append(f"\n  combined.onnx vs PyTorch in onnxruntime: max |diff| {m['onnx_check']['max_abs_diff']:.1e} "
                      f"over {m['onnx_check']['images']} test images")
