@@ -424,3 +424,38 @@ def test_registered_shared_memory(tmp_path, logits):
     taps = (np.arange(112) % 7 - 2).astype(np.float32)
     np.testing.assert_allclose(np.array(fields[3:], np.float32), cpm.logits(taps[None])[0], rtol=1e-5, atol=1e-5)
     assert bad.split()[1:] == ["0xffff0006", "1"]   # BAD_PARAMETERS, origin API
+
+
+def _ta_processes():
+    """PIDs of this process's children that run a simulator TA (<uuid>.sim)."""
+    import os
+    from pathlib import Path as P
+
+    me = os.getpid()
+    found = []
+    for d in P("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == me and cmd.endswith(".sim"):
+            found.append(int(d.name))
+    return found
+
+
+def test_the_ta_process_follows_the_callers_cpu(logits):
+    """A real TEE runs the TA on the caller's core; the simulator pins its TA process to the CPU the caller
+    invoked from, so that a round trip wakes no other core."""
+    import os
+
+    _, cpm, _ = logits
+    with TeeSession(logits[0]) as s:
+        before = set(_ta_processes())
+        assert len(before) == 1, before
+        pid = before.pop()
+        s.run(_taps(1, cpm.tap_floats)[0])
+        allowed = os.sched_getaffinity(pid)
+        assert len(allowed) == 1 and allowed <= os.sched_getaffinity(0)
