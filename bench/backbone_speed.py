@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ os.environ["TVM_NUM_THREADS"] = "1"  # before tvm is imported
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from protected_latency import cpu_model, make_artifact, write_rows  # noqa: E402
+from protected_latency import machine_line, make_artifact, write_rows  # noqa: E402
 
 CALLS = 30  # calls per round and variant
 
@@ -136,8 +135,7 @@ def main(argv=None) -> int:
             print(f"[backbone_speed] {name} ...", file=sys.stderr)
             rows.append(bench_model(name, Path(tmp), image, args.rounds, args.tune_trials))
 
-    print(f"machine: {platform.platform()}; CPU {cpu_model()}; {os.cpu_count()} cores; load average "
-          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(machine_line())
     print(f"backbone (input -> middle tap) per call, ms: min over {args.rounds} interleaved rounds of the median of "
           f"{CALLS} calls; Relax VM and onnxruntime single-threaded; (x) = time / 'default host'")
     keys = list(rows[0]["ms"])

@@ -59,6 +59,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def machine_line() -> str:
+    """The table's first line: platform, CPU, cores and the load average now."""
+    return (f"machine: {platform.platform()}; CPU {cpu_model()}; {os.cpu_count()} cores; load average "
+            f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
 def write_rows(path, rows) -> None:
     """The table's rows with the machine, as JSON (atomically)."""
     from mirrornet_tvm.util import write_json
@@ -216,8 +222,7 @@ def main(argv=None) -> int:
             print(f"[protected_latency] {name} ...", file=sys.stderr)
             rows.append(bench_model(name, Path(tmp), x, args.rounds, args.tune_trials))
 
-    print(f"machine: {platform.platform()}; CPU {cpu_model()}; {os.cpu_count()} cores; load average "
-          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(machine_line())
     tuning = "; ".join(f"{r['model']} {r['backbone_tuning']} ({r['backbone_tuned_kernels']}/{r['backbone_kernels']} "
                        "kernels tuned, the rest default-scheduled)" for r in rows)
     print(f"per image, ms (min over {args.rounds} rounds of the median of {args.images} Fashion-MNIST test "
