@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT / "python"))
 
 DATASET = "fashion-mnist"
 DEGRADATIONS = ("uniform", "adversarial")
+PROTECT_DEGRADATION = "uniform"     # what `mirrornet protect --auto` uses without --degradation (--only-default)
 FULL = dict(models=("lenet", "vgg", "resnet"), budgets=(0.001, 0.01, 0.1), seeds=(0, 1, 2), sweeps=("taps", "widths"))
 QUICK = dict(models=("lenet",), budgets=(0.001, 0.01), seeds=(0, 1, 2), sweeps=("taps",))
 TARGET = {"ratio": 1.05, "ratio_budgets": (0.001, 0.01), "gap": 0.25, "authorized_points": 1.0, "flop_share": 0.10}
@@ -77,15 +79,147 @@ def say(msg: str) -> None:
 # Base models, strategies, artifacts
 # --------------------------------------------------------------------------------------------------
 
-def base_model(out: Path, model: str) -> Path:
+def base_model(out: Path, model: str, reuse: Path | None = None) -> Path:
+    """OUT/models/MODEL.onnx: taken from ``reuse`` (a folder of `mirrornet train-base` outputs) when one there
+    was trained with the settings used here (:func:`base_mismatches`), else trained."""
     from mirrornet_tvm.training_base import train_base
 
     path = out / "models" / f"{model}.onnx"
     if not (path.is_file() and Path(f"{path}.json").is_file()):
+        if reuse is not None and reuse_base_model(reuse, model, path):
+            return path
         say(f"training base model {model} (mirrornet train-base --model {model} --dataset {DATASET})")
         path.parent.mkdir(parents=True, exist_ok=True)
         train_base(model, DATASET, path)
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Reuse: base models and artifacts made elsewhere (e.g. by bench/protect_zoo.py) with the same settings
+# --------------------------------------------------------------------------------------------------
+
+def _differences(want: dict, have: dict, prefix: str = "") -> list:
+    """'field: have X, want Y' for every field of ``want`` that ``have`` lacks or holds differently."""
+    out = []
+    for key, value in want.items():
+        name = f"{prefix}{key}"
+        if key not in have:
+            out.append(f"{name}: not recorded, want {value!r}")
+        elif isinstance(value, dict) and isinstance(have[key], dict):
+            out += _differences(value, have[key], name + ".")
+        elif have[key] != value:
+            out.append(f"{name}: {have[key]!r}, want {value!r}")
+    return out
+
+
+def base_mismatches(onnx: Path, model: str) -> list:
+    """Why the base model at ``onnx`` (with its `mirrornet train-base` sidecar ONNX.json) is not what
+    :func:`base_model` would train for ``model``; empty when it is."""
+    from mirrornet_tvm.training_base import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR
+    from mirrornet_tvm.util import read_json, sha256_file
+
+    side = Path(f"{onnx}.json")
+    if not onnx.is_file() or not side.is_file():
+        return [f"{onnx.name if not onnx.is_file() else side.name} missing"]
+    try:
+        doc = read_json(side)
+    except ValueError as err:
+        return [f"{side.name} is not valid JSON ({err})"]
+    want = {"model": model, "dataset": DATASET, "epochs": DEFAULT_EPOCHS[model], "subset": None, "seed": 0,
+            "lr": DEFAULT_LR, "batch_size": DEFAULT_BATCH_SIZE}
+    found = _differences(want, doc)
+    if not found and doc.get("onnx_sha256") != sha256_file(onnx):
+        found.append(f"{onnx.name} does not match the sha256 its sidecar records (modified since training)")
+    return found
+
+
+def _copy_files(src: Path, dst: Path, names) -> None:
+    """Copy ``names`` from ``src`` to ``dst``, each atomically, in the order given (the marker file last)."""
+    from mirrornet_tvm.util import atomic_path
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        with atomic_path(dst / name) as tmp:
+            shutil.copyfile(src / name, tmp)
+
+
+def reuse_base_model(folder: Path, model: str, path: Path) -> bool:
+    """Copy FOLDER/MODEL.onnx (and its sidecar) to ``path`` if it matches the settings used here; says why not."""
+    src = folder / f"{model}.onnx"
+    why = base_mismatches(src, model)
+    if why:
+        say(f"not reusing base model {src}: {'; '.join(why)}")
+        return False
+    say(f"reusing base model {src} (mirrornet train-base --model {model} --dataset {DATASET}, default epochs, "
+        f"seed 0: the sidecar matches)")
+    _copy_files(folder, path.parent, [src.name, f"{src.name}.json"])
+    return True
+
+
+ARTIFACT_FILES = ("original.onnx", "backbone.onnx", "combined.onnx", "strategy.json", "checkpoint.pt",
+                  "metrics.json")     # metrics.json last: it marks a finished artifact
+
+
+def artifact_mismatches(folder: Path, base: Path, strategy, config, subset) -> list:
+    """Why the artifact in ``folder`` is not what :func:`artifact` would make from ``base`` with ``strategy``,
+    JointConfig ``config`` and training subset ``subset``; empty when it is. Compares the strategy, every
+    training setting, the dataset and subset recorded in metrics.json, and the base model's bytes."""
+    import dataclasses
+
+    from mirrornet_tvm.strategy import Strategy
+    from mirrornet_tvm.util import read_json, sha256_file
+
+    missing = [f for f in ARTIFACT_FILES if not (folder / f).is_file()]
+    if missing:
+        return [f"{', '.join(missing)} missing (not a finished `mirrornet protect` artifact)"]
+    try:
+        m = read_json(folder / "metrics.json")
+        on_disk = Strategy.load(folder / "strategy.json")
+    except Exception as err:      # noqa: BLE001 - any unreadable file means: do not reuse
+        return [f"unreadable ({err})"]
+    found = []
+    if on_disk != strategy:
+        found.append(f"strategy {on_disk.name}, want {strategy.name}")
+    want = {"strategy": strategy.to_dict(), "dataset": {"name": DATASET, "subset": subset},
+            "training": {"config": dataclasses.asdict(config), "epochs": config.epochs},
+            "model": {"sha256": sha256_file(base)}}
+    found += _differences(want, m)
+    if not found and sha256_file(folder / "original.onnx") != want["model"]["sha256"]:
+        found.append("original.onnx is not the base model")
+    return found
+
+
+def reuse_artifact(folder: Path, art: Path, base: Path, strategy, config, subset) -> bool:
+    """Copy the first artifact under ``folder`` (FOLDER/*/) that :func:`artifact_mismatches` accepts into
+    ``art``, with a note of where it came from; logs why each artifact of the same strategy was refused."""
+    from mirrornet_tvm.util import write_json
+
+    if not folder.is_dir():
+        say(f"nothing to reuse: {folder} is not a folder")
+        return False
+    from mirrornet_tvm.strategy import Strategy
+
+    for cand in sorted(p.parent for p in folder.glob("*/strategy.json")):
+        try:
+            if Strategy.load(cand / "strategy.json") != strategy:
+                continue       # another strategy: not a candidate
+        except Exception:      # noqa: BLE001 - an unreadable strategy is no candidate either
+            continue
+        why = artifact_mismatches(cand, base, strategy, config, subset)
+        if not why:
+            say(f"reusing artifact {cand} for {strategy.name}: its strategy, training config, dataset and "
+                "base model match what this script would protect")
+            _copy_files(cand, art, ARTIFACT_FILES[:-1])
+            write_json(art / "reused_from.json", {
+                "generated_by": "bench/security_table.py: this artifact was copied, not trained here",
+                "source": str(cand), "base_model": str(base),
+                "checked": ["strategy", "training.config", "training.epochs", "dataset.name", "dataset.subset",
+                            "model.sha256 = sha256(base model) = sha256(original.onnx)"]})
+            _copy_files(cand, art, ARTIFACT_FILES[-1:])
+            return True
+        say(f"not reusing {cand} for {strategy.name}: {'; '.join(why)}")
+    say(f"no artifact under {folder} matches {strategy.name} with these settings: protecting it here")
+    return False
 
 
 def _graph(base: Path):
@@ -140,12 +274,15 @@ def sweep(graph, degradation: str, sweeps) -> list:
     return out
 
 
-def load_plan(out: Path, models, degradations, sweeps, table_only: bool) -> list:
+def load_plan(out: Path, models, degradations, sweeps, table_only: bool, only_default=(),
+              base_models: Path | None = None) -> list:
     """The strategies to protect and attack, as [(model, degradation, variant, Strategy, recipe or None)].
 
     Kept in OUT/plan.json so a rerun attacks the same strategies even when `--auto` has changed since; the
     current sweep is merged in (new strategies appended), and artifacts already in OUT from earlier runs
-    are kept as 'earlier run'. Entries whose model is not in ``models`` are left out of this run.
+    are kept as 'earlier run'. Entries whose model is not in ``models`` are left out of this run. For the
+    models in ``only_default``, only what `mirrornet protect --auto` picks without --degradation is planned
+    (no sweeps, recipes, other objectives or earlier runs). ``base_models``: see :func:`base_model`.
     """
     from mirrornet_tvm.strategy import Strategy
     from mirrornet_tvm.util import read_json, write_json
@@ -161,10 +298,18 @@ def load_plan(out: Path, models, degradations, sweeps, table_only: bool) -> list
                             "recipe": recipe})
             names.add(key)
 
+    only = {}        # model -> the name of its --auto default, for the models in only_default
     for model in models:
         base = out / "models" / f"{model}.onnx"
+        if model in only_default:
+            if not table_only or base.is_file():
+                graph = _graph(base if table_only else base_model(out, model, base_models))
+                s = auto_default(graph, PROTECT_DEGRADATION)
+                add(model, PROTECT_DEGRADATION, "default (--auto)", s)
+                only[model] = s.name
+            continue
         if not table_only or base.is_file():
-            graph = _graph(base if table_only else base_model(out, model))
+            graph = _graph(base if table_only else base_model(out, model, base_models))
             for d in degradations:
                 for variant, s in sweep(graph, d, sweeps):
                     add(model, d, variant, s)
@@ -179,8 +324,18 @@ def load_plan(out: Path, models, degradations, sweeps, table_only: bool) -> list
     if not table_only:
         write_json(path, {"generated_by": "bench/security_table.py: strategies protected and attacked",
                           "entries": entries})
+
+    def wanted(e):
+        if e["model"] not in models:
+            return False
+        if e["model"] in only_default:
+            return (e["degradation"] == PROTECT_DEGRADATION and not e.get("recipe")
+                    and (e["strategy"]["name"] == only[e["model"]] if e["model"] in only
+                         else e["variant"].startswith("default")))
+        return e["degradation"] in degradations or bool(e.get("recipe"))
+
     return [(e["model"], e["degradation"], e["variant"], Strategy.from_dict(e["strategy"]), e.get("recipe"))
-            for e in entries if e["model"] in models and (e["degradation"] in degradations or e.get("recipe"))]
+            for e in entries if wanted(e)]
 
 
 def current_defaults(out: Path, models, degradations) -> set:
@@ -215,6 +370,9 @@ def artifact(out: Path, model: str, base: Path, strategy, args, recipe=None) -> 
     overrides = dict(recipe["config"]) if recipe else {}
     if args.protect_epochs:
         overrides["epochs"] = args.protect_epochs
+    if args.reuse_artifacts is not None and reuse_artifact(args.reuse_artifacts, art, base, strategy,
+                                                           JointConfig(seed=0, **overrides), args.protect_subset):
+        return art
     cmd = (f"mirrornet protect {base} --dataset {DATASET} --strategy <{strategy.name}> --seed 0"
            + (_recipe_flags({"config": overrides}) if overrides else "")
            + (f" --subset {args.protect_subset}" if args.protect_subset else ""))
@@ -421,6 +579,19 @@ def main(argv=None) -> int:
     ap.add_argument("--table-only", action="store_true", help="print the table from the cache, run nothing")
     ap.add_argument("--recipes", help="comma-separated RECIPES names (or 'all'): protect and attack only those "
                                       "(the table still shows everything cached)")
+    ap.add_argument("--only-default", default="", metavar="MODELS",
+                    help="comma-separated models (among --models) for which only what `mirrornet protect --auto` "
+                         f"picks is protected and attacked (objective {PROTECT_DEGRADATION}; no sweeps, recipes or "
+                         "other objectives)")
+    ap.add_argument("--base-models", type=Path, default=None, metavar="DIR",
+                    help="a folder of `mirrornet train-base` outputs (MODEL.onnx + MODEL.onnx.json): a base model "
+                         "missing from --out is copied from there when its sidecar records this script's settings "
+                         "(dataset, default epochs, seed 0, learning rate, batch size), else trained")
+    ap.add_argument("--reuse-artifacts", type=Path, default=None, metavar="DIR",
+                    help="a folder of `mirrornet protect` artifacts (DIR/*/): an artifact missing from --out is "
+                         "copied from there when its metrics.json records the same strategy, training config, "
+                         "dataset, subset and base model (sha256) this script would use, else protected here; "
+                         "the log says which was taken and why others were not")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
@@ -437,6 +608,13 @@ def main(argv=None) -> int:
         ap.error(f"--variants: unknown {', '.join(sorted(set(sweeps) - {'taps', 'widths'}))}; "
                  "choose from default, taps, widths")
     degradations = tuple(args.degradations.split(","))
+    only_default = tuple(m for m in args.only_default.split(",") if m)
+    if set(only_default) - set(models):
+        ap.error(f"--only-default: {', '.join(sorted(set(only_default) - set(models)))} not among the models "
+                 f"({', '.join(models)}); add them to --models")
+    for flag, folder in (("--base-models", args.base_models), ("--reuse-artifacts", args.reuse_artifacts)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            ap.error(f"{flag} {folder} is a file; give the folder that holds them")
     args.lrs = args.lrs or DEFAULT_LRS
     set_threads(args.threads)
     out = args.out
@@ -446,14 +624,14 @@ def main(argv=None) -> int:
         return args.max_minutes is not None and (time.perf_counter() - t0) / 60 > args.max_minutes
 
     # The plan: (model, degradation, variant, strategy), kept in OUT/plan.json; what --auto picks now goes first.
-    plan = load_plan(out, models, degradations, sweeps, args.table_only)
+    plan = load_plan(out, models, degradations, sweeps, args.table_only, only_default, args.base_models)
     defaults = current_defaults(out, models, degradations)
     plan = [(m, d, "default (--auto)" if (m, s.name) in defaults and r is None else
              ("earlier --auto pick" if v.startswith("default") else v), s, r) for m, d, v, s, r in plan]
 
     if not args.table_only:
-        # The current defaults first (protect, then attack, small budgets first), then the sweeps, then
-        # strategies kept from earlier runs.
+        # The current defaults first (protect, then attack, seed by seed, small budgets first), then the
+        # sweeps, then strategies kept from earlier runs.
         def rank(variant):
             return 0 if variant.startswith("default") else 2 if variant.startswith("earlier") else 1
 
@@ -465,10 +643,11 @@ def main(argv=None) -> int:
                 if out_of_time():
                     break
                 artifact(out, model, out / "models" / f"{model}.onnx", s, args, recipe)
-            for b in budgets:
-                for model, d, variant, s, recipe in group:
-                    art = art_dir(out, model, s, recipe)
-                    for seed in seeds:
+            # seed by seed, so a time limit leaves every row with the same seeds rather than some rows bare
+            for seed in seeds:
+                for b in budgets:
+                    for model, d, variant, s, recipe in group:
+                        art = art_dir(out, model, s, recipe)
                         if not (art / "metrics.json").is_file() or cell_path(art, b, seed).is_file() or out_of_time():
                             continue
                         say(f"attacking {model} {s.name} at budget {b} with seed {seed}")

@@ -69,3 +69,152 @@ def test_table_reads_a_recipe_artifact(st, tmp_path):
     assert rows[0]["objective"] == "adversarial + r1" and rows[0]["training"] == {"adv": 0.1}
     text = st.format_table(rows, (0, 1))
     assert "adversarial + r1" in text and "not attacked yet" in text
+
+
+# --- reuse of base models and artifacts made elsewhere ----------------------------------------------------
+
+
+def _fake_base(st, folder, model="vgg", **changes):
+    """A stand-in base model (bytes, never loaded) with the sidecar `mirrornet train-base` writes."""
+    from mirrornet_tvm.training_base import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR
+    from mirrornet_tvm.util import sha256_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx = folder / f"{model}.onnx"
+    onnx.write_bytes(b"base model bytes of " + model.encode())
+    side = {"model": model, "dataset": st.DATASET, "epochs": DEFAULT_EPOCHS[model], "subset": None, "seed": 0,
+            "lr": DEFAULT_LR, "batch_size": DEFAULT_BATCH_SIZE, "onnx_sha256": sha256_file(onnx)}
+    side.update(changes)
+    Path(f"{onnx}.json").write_text(json.dumps(side))
+    return onnx
+
+
+def _fake_artifact(folder, base, strategy, config, subset=None, original=None):
+    """An artifact folder as `mirrornet protect` leaves it, with the fields the reuse check reads."""
+    import dataclasses
+
+    folder.mkdir(parents=True)
+    (folder / "original.onnx").write_bytes(base.read_bytes() if original is None else original)
+    for name in ("backbone.onnx", "combined.onnx", "checkpoint.pt"):
+        (folder / name).write_bytes(name.encode())
+    strategy.save(folder / "strategy.json")
+    from mirrornet_tvm.util import sha256_file
+
+    (folder / "metrics.json").write_text(json.dumps({
+        "model": {"sha256": sha256_file(base)}, "dataset": {"name": "fashion-mnist", "subset": subset},
+        "strategy": strategy.to_dict(), "training": {"config": dataclasses.asdict(config), "epochs": config.epochs},
+        "accuracy": {"original": 0.92, "authorized": 0.92, "illegal": 0.1}}))
+    return folder
+
+
+def test_base_model_is_reused_only_with_matching_settings(st, tmp_path, capsys):
+    good = _fake_base(st, tmp_path / "good")
+    assert st.base_mismatches(good, "vgg") == []
+    dest = tmp_path / "out" / "models" / "vgg.onnx"
+    assert st.reuse_base_model(tmp_path / "good", "vgg", dest)
+    assert dest.read_bytes() == good.read_bytes() and Path(f"{dest}.json").is_file()
+
+    short = _fake_base(st, tmp_path / "short", epochs=1)
+    want_epochs = json.loads(Path(f"{good}.json").read_text())["epochs"]
+    assert st.base_mismatches(short, "vgg") == [f"epochs: 1, want {want_epochs}"]
+    dest2 = tmp_path / "out2" / "models" / "vgg.onnx"
+    assert not st.reuse_base_model(tmp_path / "short", "vgg", dest2) and not dest2.exists()
+    assert "not reusing base model" in capsys.readouterr().err
+
+    edited = _fake_base(st, tmp_path / "edited")
+    edited.write_bytes(b"changed after training")
+    assert any("sha256" in w for w in st.base_mismatches(edited, "vgg"))
+    assert st.base_mismatches(tmp_path / "nowhere" / "vgg.onnx", "vgg") == ["vgg.onnx missing"]
+    assert st.base_mismatches(good, "resnet")[0].startswith("model: 'vgg'")
+
+
+def test_artifact_is_reused_only_when_strategy_config_data_and_base_match(st, tmp_path, capsys):
+    from mirrornet_tvm.training import JointConfig
+
+    base = _fake_base(st, tmp_path / "base")
+    s = Strategy(("b2_maxpool",), 0.25, "add", "logits", "uniform")
+    zoo = tmp_path / "zoo"
+    # same strategy trained with other settings (sorted first), another strategy, an unfinished one, the match
+    _fake_artifact(zoo / "a-old", base, s, JointConfig(seed=0, epochs=8, lr_cpm=2e-3))
+    _fake_artifact(zoo / "b-other", base, s.replace(width_ratio=0.5), JointConfig(seed=0))
+    _fake_artifact(zoo / "c-unfinished", base, s, JointConfig(seed=0))
+    (zoo / "c-unfinished" / "metrics.json").unlink()
+    _fake_artifact(zoo / "d-match", base, s, JointConfig(seed=0))
+
+    why = st.artifact_mismatches(zoo / "a-old", base, s, JointConfig(seed=0), None)
+    assert "training.config.epochs: 8, want 16" in why and "training.config.lr_cpm: 0.002, want 0.005" in why
+    assert st.artifact_mismatches(zoo / "d-match", base, s, JointConfig(seed=0), None) == []
+    assert st.artifact_mismatches(zoo / "d-match", base, s, JointConfig(seed=0), 3000) == [
+        "dataset.subset: None, want 3000"]
+    assert st.artifact_mismatches(zoo / "d-match", base, s.replace(width_ratio=0.5), JointConfig(seed=0), None)
+
+    art = tmp_path / "out" / "artifacts" / "vgg" / s.name
+    assert st.reuse_artifact(zoo, art, base, s, JointConfig(seed=0), None)
+    err = capsys.readouterr().err
+    assert "a-old" in err and "training.config.epochs" in err and "c-unfinished" in err and "d-match" in err
+    assert "b-other" not in err                 # another strategy is not a candidate, so no noise about it
+    assert (art / "metrics.json").read_text() == (zoo / "d-match" / "metrics.json").read_text()
+    assert json.loads((art / "reused_from.json").read_text())["source"] == str(zoo / "d-match")
+
+    # a different base model (other bytes): nothing matches, nothing is copied
+    other = _fake_base(st, tmp_path / "other", model="resnet")
+    art2 = tmp_path / "out" / "artifacts" / "resnet" / s.name
+    assert not st.reuse_artifact(zoo, art2, other, s, JointConfig(seed=0), None)
+    assert not (art2 / "metrics.json").exists()
+    assert "model.sha256" in capsys.readouterr().err
+    # an artifact whose original.onnx is not the base model it records
+    _fake_artifact(zoo / "e-swapped", base, s, JointConfig(seed=0, epochs=4), original=b"another model")
+    assert st.artifact_mismatches(zoo / "e-swapped", base, s, JointConfig(seed=0, epochs=4), None) == [
+        "original.onnx is not the base model"]
+    assert not st.reuse_artifact(tmp_path / "missing", art2, base, s, JointConfig(seed=0), None)
+
+
+def test_artifact_step_takes_a_reusable_artifact_without_training(st, tmp_path, monkeypatch):
+    import types
+
+    import mirrornet_tvm.protect as protect_mod
+    from mirrornet_tvm.training import JointConfig
+
+    def no_training(*a, **k):
+        raise AssertionError("protect must not run when a matching artifact can be reused")
+
+    monkeypatch.setattr(protect_mod, "protect", no_training)
+    base = _fake_base(st, tmp_path / "base")
+    s = Strategy(("b2_maxpool",), 0.25, "add", "logits", "uniform")
+    _fake_artifact(tmp_path / "zoo" / "auto", base, s, JointConfig(seed=0))
+    args = types.SimpleNamespace(protect_epochs=None, protect_subset=None, reuse_artifacts=tmp_path / "zoo")
+    art = st.artifact(tmp_path / "out", "vgg", base, s, args)
+    assert art == st.art_dir(tmp_path / "out", "vgg", s) and (art / "metrics.json").is_file()
+    # with --protect-epochs 8 the artifact no longer matches: protect would run
+    args.protect_epochs = 8
+    with pytest.raises(AssertionError, match="must not run"):
+        st.artifact(tmp_path / "out2", "vgg", base, s, args)
+
+
+def test_only_default_plans_just_the_auto_pick(st, tmp_path, monkeypatch):
+    s_uni = Strategy(("b2_maxpool",), 0.25, "add", "logits", "uniform")
+    monkeypatch.setattr(st, "_graph", lambda base: "graph")
+    monkeypatch.setattr(st, "auto_default", lambda graph, d: s_uni.replace(degradation=d))
+    monkeypatch.setattr(st, "sweep", lambda graph, d, sweeps: [("default (--auto)", s_uni.replace(degradation=d)),
+                                                               ("tap sweep", s_uni.replace(width_ratio=0.5,
+                                                                                          degradation=d))])
+    seen = []
+    monkeypatch.setattr(st, "base_model", lambda out, model, reuse=None: seen.append((model, reuse)) or out)
+    # an artifact of another strategy left in OUT by an earlier run is not planned for a --only-default model
+    earlier = s_uni.replace(width_ratio=0.125)
+    st.art_dir(tmp_path, "vgg", earlier).mkdir(parents=True)
+    earlier.save(st.art_dir(tmp_path, "vgg", earlier) / "strategy.json")
+    plan = st.load_plan(tmp_path, ("vgg",), st.DEGRADATIONS, ("taps",), False, ("vgg",), tmp_path / "bases")
+    assert [(m, d, v, s.name) for m, d, v, s, r in plan] == [("vgg", "uniform", "default (--auto)", s_uni.name)]
+    assert seen == [("vgg", tmp_path / "bases")]
+    # without --only-default the same model gets both objectives and the sweep (and the earlier artifact)
+    plan = st.load_plan(tmp_path, ("vgg",), st.DEGRADATIONS, ("taps",), False)
+    assert len(plan) == 5 and {d for _, d, *_ in plan} == {"uniform", "adversarial"}
+    # and with it again, the plan kept in OUT/plan.json does not bring those back
+    plan = st.load_plan(tmp_path, ("vgg",), st.DEGRADATIONS, ("taps",), False, ("vgg",))
+    assert [s.name for _, _, _, s, _ in plan] == [s_uni.name]
+
+
+def test_only_default_must_name_planned_models(st, tmp_path):
+    with pytest.raises(SystemExit):
+        st.main(["--models", "lenet", "--only-default", "vgg", "--table-only", "--out", str(tmp_path)])
