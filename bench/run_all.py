@@ -68,9 +68,13 @@ STEPS = [
          work_flag="--out"),
     Step("security_table", "security_table.py",
          "model stealing against the black-box baseline, by strategy, degradation and budget",
-         # full: LeNet's grid with every training recipe, cached in out/security (the script's own default,
-         # shared with direct runs); many hours from scratch, minutes when the cache holds the cells
-         full=("--quick", "--budgets", "0.001,0.01"),
+         # full: LeNet's grid with every training recipe, and the --auto default of VGG and ResNet (their base
+         # models and artifacts taken from protect_zoo's when trained with the same settings), cached in
+         # out/security (the script's own default, shared with direct runs); many hours from scratch,
+         # minutes when the cache holds the cells
+         full=("--models", "lenet,vgg,resnet", "--only-default", "vgg,resnet", "--variants", "default,taps",
+               "--budgets", "0.001,0.01", "--base-models", "out/bench/full/work/protect_zoo/base",
+               "--reuse-artifacts", "out/bench/full/work/protect_zoo"),
          quick=("--quick", "--max-minutes", "45", "--out", "out/bench/quick/work/security_table")),
     Step("protected_latency", "protected_latency.py",
          "latency: original, backbone alone, protected (simulator), whole model in the TA",

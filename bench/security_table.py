@@ -2,16 +2,29 @@
 
 For each zoo model, each degradation objective (uniform, adversarial) and a few strategies (the default
 that `mirrornet protect --auto` picks, the same CPM fed from the next deeper stage tap, the default tap
-with the widest CPM under 10% of the model's FLOPs, and optionally a narrower one), the model is protected once (`mirrornet protect`, seed 0) and attacked at each budget
-with each seed (`mirrornet_tvm.attack`): illegal use, fine-tuning the stolen backbone, a linear probe on
-each tapped map, against the black-box baseline and the white-box reference. One table row per protected
-model and budget: accuracy original / authorized / illegal, the thief's best attack, black-box,
-white-box (mean ± std over the attack seeds), its ratio to black-box, the share of the black-box to
-white-box gap it closes, the verdict under the 1.05x rule, and the CPM's FLOP share and secure memory.
+with the widest CPM under 10% of the model's FLOPs, and optionally a narrower one), the model is protected
+once (`mirrornet protect`, seed 0) and attacked at each budget with each seed (`mirrornet_tvm.attack`):
+illegal use, fine-tuning the stolen backbone, a linear probe on each tapped map, against the black-box
+baseline and the white-box reference. One table row per protected model and budget: accuracy original /
+authorized / illegal, the thief's best attack, black-box, white-box (mean ± std over the attack seeds),
+its ratio to black-box, the share of the black-box to white-box gap it closes, the verdict under the 1.05x
+rule, and the CPM's FLOP share and secure memory.
 
     .venv/bin/python bench/security_table.py --quick          # lenet, 0.1% and 1%, two strategies
     .venv/bin/python bench/security_table.py                  # the full grid (many hours on 2 cores)
     .venv/bin/python bench/security_table.py --table-only     # re-print from what is cached
+    # lenet's grid, and for vgg and resnet only the --auto default, reusing what bench/protect_zoo.py made:
+    .venv/bin/python bench/security_table.py --models lenet,vgg,resnet --only-default vgg,resnet \
+        --variants default,taps --budgets 0.001,0.01 --base-models out/bench/full/work/protect_zoo/base \
+        --reuse-artifacts out/bench/full/work/protect_zoo
+
+Reuse: joint training of the larger zoo models takes most of an hour each on one core, so base models
+(--base-models DIR) and artifacts (--reuse-artifacts DIR) made elsewhere are copied into --out when, and
+only when, they record exactly the settings this script would use: for a base model its sidecar's model,
+dataset, default epochs, seed 0, learning rate and batch size (and the file's sha256); for an artifact its
+metrics.json's strategy, every joint-training setting, dataset and subset, and the sha256 of the base
+model. The log says which was taken and why any other of the same strategy was not; a copied artifact
+holds reused_from.json naming its source.
 
 Resumable: base models, artifacts and every (artifact, budget, seed) cell are cached under --out
 (default out/security); a rerun skips what is done. Black-box and white-box runs depend only on the
