@@ -87,6 +87,27 @@ def test_probability_and_label_policies(tmp_path, logits):
     np.testing.assert_array_equal(labels, ref.argmax(1))
 
 
+def test_one_image_run_answers_as_run_many_does(tmp_path, logits, session):
+    _, cpm, _ = logits
+    taps = _taps(6, cpm.tap_floats, seed=4)
+    many = session.run_many(taps).outputs
+    outs = [session.run(row)[0] for row in taps]  # the prepared per-image path
+    for out, want in zip(outs, many):  # each answer is its own array, not a view of the next call's buffer
+        assert out.dtype == np.float32 and out.shape == (10,)
+        np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(session.run(taps[2].astype(np.float64))[0], many[2])  # cast as run_many does
+    np.testing.assert_array_equal(session.run(taps[3][None, :])[0], many[3])  # (1, N) takes the general path
+    with pytest.raises(UsageError, match="expects"):
+        session.run(taps[0][:-1])
+    with pytest.raises(UsageError, match="floating point"):
+        session.run(taps[0].astype(np.int32))
+    packaged_stand_in(tmp_path / "label", "label")
+    with TeeSession(tmp_path / "label") as s:
+        labels = [s.run(row)[0] for row in taps]
+        np.testing.assert_array_equal(labels, s.run_many(taps).outputs)
+        assert all(isinstance(v, np.int32) for v in labels)
+
+
 def test_chunked_taps_give_the_same_answers(logits, chunked, session):
     taps = _taps(8, logits[1].tap_floats, seed=2)
     with TeeSession(chunked[0]) as s:
