@@ -150,6 +150,26 @@ def test_calibration_on_similar_runs_still_scales_to_small_ones():
         assert _predict(cal, s) == pytest.approx(truth, rel=0.15)
 
 
+def test_calibration_separates_the_vms_constant_from_the_kernels_scale():
+    """Backbones of LeNet's sizes (kernel sums 10 to 90 us) behind a 17 us per-call constant: the fit
+    recovers both, and a small backbone is predicted as closely as a large one."""
+    rng = np.random.default_rng(2)
+
+    def runs(preds):
+        return [cal_mod.Sample(f"b{i}", p, 3, 4096, 1e-5, 2, 4096, 40, backbone_measured=1.3 * p + 17e-6,
+                               cpm_measured=1.5e-5, transfer_measured=15e-6) for i, p in enumerate(preds)]
+
+    cal = cal_mod.fit(runs([11e-6, 86e-6, 88e-6, 90e-6, 91e-6, 93e-6]))
+    assert "scale + fixed" in cal.source
+    assert cal.backbone.scale == pytest.approx(1.3, rel=1e-3) and cal.backbone.fixed == pytest.approx(17e-6, rel=1e-3)
+    for s in runs(rng.uniform(8e-6, 100e-6, 10)):
+        assert cal.backbone(s.backbone_predicted, s.backbone_calls, s.backbone_out_bytes) == \
+            pytest.approx(s.backbone_measured, rel=1e-3)
+    # backbones too alike to tell a constant from a scale: the scale-first form, and the source says so
+    alike = cal_mod.fit(runs([86e-6, 88e-6, 90e-6, 91e-6]))
+    assert "too alike" in alike.source
+
+
 def test_invokes_split_large_taps():
     t = cal_mod.Transfer(shm_limit=1000)
     assert t.invokes(1000) == 1

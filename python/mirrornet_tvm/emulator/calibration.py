@@ -10,10 +10,18 @@ runs of a few strategies (:func:`fit`):
     cpm      = scale * sum(kernel predictions) + per_kernel * calls + fixed
     transfer = per_invoke * invokes + per_byte * bytes moved
 
-The scale comes first, as the least-squares ratio of measured to predicted time through the origin,
-and the overhead terms are then fitted (non-negative) to what is left. A joint fit is ill-posed when
-the calibration strategies happen to run similar backbones: it can then explain every run by a
-constant and predict that constant for a strategy that runs a tenth of the backbone.
+The backbone's stage is fitted as scale and a fixed cost together (non-negative least squares): the
+Relax VM's cost per call (argument checks, allocation, handing the taps back) is a constant of more
+than ten microseconds, and a fit that takes the scale first folds it into the scale, which then overstates
+small backbones and understates large ones' share of it. The constant is only identifiable when the
+calibration runs backbones of clearly different size (their summed predictions a factor of
+``SPREAD_FOR_FIXED`` apart); when they do not, the fit falls back to the CPM's form.
+
+The CPM's stage (and the backbone's fallback) takes the scale first, as the least-squares ratio of
+measured to predicted time through the origin, and fits the overhead terms (non-negative) to what is
+left. A joint fit is ill-posed when the calibration strategies run similar kernels: it can then
+explain every run by a constant and predict that constant for a strategy that runs a tenth of the
+work. Each calibration's ``source`` says which form its backbone stage took.
 
 An uncalibrated model (:data:`IDENTITY`) uses the kernel sums as they are and no transfer cost.
 """
@@ -138,6 +146,24 @@ def _nnls(columns: list[np.ndarray], y: np.ndarray) -> np.ndarray:
     return coef / norms
 
 
+def _scale_and_fixed(predicted: np.ndarray, columns: list[np.ndarray], y: np.ndarray):
+    """Scale and the last column (the constant) fitted together; the other overheads zero."""
+    coef = _nnls([predicted, columns[-1]], y)
+    return float(coef[0]), np.concatenate([np.zeros(len(columns) - 1), coef[1:]])
+
+
+SPREAD_FOR_FIXED = 2.0  # largest / smallest summed backbone prediction that makes the constant identifiable
+
+
+def _fit_backbone(predicted: np.ndarray, columns: list[np.ndarray], y: np.ndarray):
+    """(scale, overhead coefficients, the form taken): scale + fixed when the runs' backbones differ
+    enough in size to tell the two apart, else scale first."""
+    small = float(predicted.min())
+    if small > 0 and float(predicted.max()) / small >= SPREAD_FOR_FIXED:
+        return (*_scale_and_fixed(predicted, columns, y), "scale + fixed")
+    return (*_scale_then_overheads(predicted, columns, y), "scale first (backbones too alike for a fixed cost)")
+
+
 def fit(samples, tee: str = "sim", shm_limit: int = DEFAULT_SHM_LIMIT, source: str = "") -> Calibration:
     """Fit the three stage models on measured protected runs (at least 3 strategies)."""
     samples = list(samples)
@@ -145,14 +171,17 @@ def fit(samples, tee: str = "sim", shm_limit: int = DEFAULT_SHM_LIMIT, source: s
         raise UsageError(f"calibration needs protected runs of at least 3 strategies, got {len(samples)}")
     col = lambda attr: np.array([float(getattr(s, attr)) for s in samples])  # noqa: E731
     ones = np.ones(len(samples))
-    b_scale, b = _scale_then_overheads(col("backbone_predicted"), [col("backbone_calls"), col("backbone_out_bytes"),
-                                                                  ones], col("backbone_measured"))
+    b_scale, b, b_form = _fit_backbone(col("backbone_predicted"), [col("backbone_calls"),
+                                                                  col("backbone_out_bytes"), ones],
+                                       col("backbone_measured"))
     c_scale, c = _scale_then_overheads(col("cpm_predicted"), [col("cpm_calls"), ones], col("cpm_measured"))
     transfer = Transfer(shm_limit=shm_limit)
     invokes = np.array([transfer.invokes(s.tee_in_bytes) for s in samples], dtype=float)
     t = _nnls([invokes, col("tee_in_bytes") + col("tee_out_bytes")], col("transfer_measured"))
+    forms = f"backbone fit: {b_form}; CPM fit: scale first"
     return Calibration(
         backbone=Stage(scale=b_scale, per_kernel=float(b[0]), per_byte=float(b[1]), fixed=float(b[2])),
         cpm=Stage(scale=c_scale, per_kernel=float(c[0]), fixed=float(c[1])),
         transfer=Transfer(per_invoke=float(t[0]), per_byte=float(t[1]), shm_limit=shm_limit),
-        tee=tee, source=source or f"fitted on {len(samples)} protected runs ({tee})", samples=len(samples))
+        tee=tee, source=f"{source or f'fitted on {len(samples)} protected runs ({tee})'} ({forms})",
+        samples=len(samples))

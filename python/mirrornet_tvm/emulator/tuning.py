@@ -309,7 +309,8 @@ def _calibrate(cost_model, mk, target, database, out_dir: Path, count: int, imag
     if tee != "sim":
         raise UsageError("calibration runs in the host TEE simulator: use --tee sim with --calibrate")
     emulator = Emulator(cost_model, target, cal_mod.Calibration(tee=tee), database=database)
-    picked = sample_strategies(generate_strategies(mk.graph, budget_bytes=None), count, seed + 1)
+    # stratified: backbones of different depth, so that the stage models' constants are identifiable
+    picked = sample_strategies(generate_strategies(mk.graph, budget_bytes=None), count, seed + 1, stratify=True)
     rng = np.random.default_rng(seed)
     shape = tuple(int(d) for d in mk.model.input_shape)  # (1, C, H, W)
     x = rng.random((images,) + shape[1:], dtype=np.float32)
