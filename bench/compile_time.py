@@ -25,18 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from mirrornet_tvm.machine import cpu_model  # noqa: E402
+
 TARGET_SECONDS = 10.0
 PHASES = ("read artifact", "import to Relax", "partition + lower backbone", "build backbone", "generate CPM C")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_seconds() -> float:

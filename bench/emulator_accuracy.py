@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from mirrornet_tvm.emulator.protected_runs import best_of, build_all, time_round
 from mirrornet_tvm.emulator.strategy_kernels import ModelKernels  # noqa: E402
 from mirrornet_tvm.emulator.targets import host_target, target_dict  # noqa: E402
 from mirrornet_tvm.emulator.tuning import sample_strategies  # noqa: E402
+from mirrornet_tvm.machine import describe  # noqa: E402
 from mirrornet_tvm.strategy import generate_strategies  # noqa: E402
 from mirrornet_tvm.util import write_json  # noqa: E402
 
@@ -56,16 +56,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{platform.platform()} | {cpu} | {os.cpu_count()} logical cores | load {load:.1f}"
+    return f"{describe(python=False)} | load {load:.1f}"
 
 
 def flops_baseline(cal_rows, eval_rows):

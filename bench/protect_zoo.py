@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -30,18 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MIRRORNET = str(Path(sys.executable).parent / "mirrornet")
 CONFIGS = ("auto-uniform", "auto-adversarial", "deep-uniform")
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.platform()} | {cpu} | {os.cpu_count()} cores | Python {platform.python_version()}"
+sys.path.insert(0, str(ROOT / "python"))
+from mirrornet_tvm.machine import describe  # noqa: E402
 
 
 def run(cmd: list) -> None:
@@ -154,7 +142,7 @@ def row(model: str, config: str, art: Path) -> dict | None:
 
 
 def print_table(rows: list) -> None:
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print("dataset: Fashion-MNIST, accuracies on the official 10,000-image test split\n")
     head = (f"{'model':<7} {'configuration':<17} {'train':>6} {'ep':>2} {'original':>8} {'authorized':>10} "
             f"{'drop pt':>7} {'illegal':>7} {'gap pt':>6} {'auth/orig':>9} {'ill/orig':>8} {'CPM FLOPs':>9} "

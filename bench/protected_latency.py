@@ -46,17 +46,10 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")  # before tvm is imported
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from mirrornet_tvm.machine import cpu_model  # noqa: E402
+
 TARGET_RATIO = 1.15
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_line() -> str:

@@ -15,8 +15,6 @@ QEMU runs under TCG: the TA's own CPM timer is shown for completeness, not as a 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -24,22 +22,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from mirrornet_tvm.machine import describe  # noqa: E402
 from mirrornet_tvm.tee import qemu  # noqa: E402
 
 RPI3_TA_BUDGET = 8 << 20     # secure DRAM left for all TAs on a Raspberry Pi 3 (docs: optee.md)
 KIB = 1024
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.platform()} | {cpu} | {os.cpu_count()} cores"
 
 
 def estimate(info: dict) -> int:
@@ -99,7 +86,7 @@ def main(argv=None):
             print(f"measured {rows[-1]['case']}", file=sys.stderr)
         for b in args.build:
             rows.append(run(b.name, b, tap_floats_of(b), args.images, logs))
-    print(f"machine: {machine()}")
+    print(f"machine: {describe(python=False)}")
     print("OP-TEE 4.5 (Debian) under qemu-system-aarch64, TA RAM allocator of stats.pta; KiB = 1024 B")
     cols = ("case", "weights KiB", "estimate KiB", "ELF KiB", "measured KiB", "measured/estimate",
             "overhead KiB", "of RPi3 8 MiB", "freed", "CPM ms (TCG)")

@@ -32,6 +32,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from mirrornet_tvm.machine import cpu_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 PUBLISHED = ROOT / "bench" / "RESULTS.md"
@@ -98,16 +101,6 @@ STEPS = [
          "secure memory of the TA as OP-TEE reports it under QEMU", full=(), quick=("--images", "4"),
          needs_qemu=True),
 ]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def machine() -> dict:
