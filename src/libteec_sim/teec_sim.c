@@ -2,10 +2,16 @@
  * teec_sim.c: a libteec-compatible client library for the host TEE simulator.
  *
  * Each TEEC_OpenSession starts the TA's host build (<dir>/<uuid>.sim) as its own process and talks to
- * it over a socketpair (tee_sim_protocol.h). Temporary memrefs and registered shared memory are both
- * sent as copies, so the TA never sees client memory. Every wait for the TA is bounded: a TA process
- * that dies (crash, stack overflow, TEE_Panic) or does not answer within the timeout is reaped and the
- * call answers TEEC_ERROR_TARGET_DEAD; the session stays dead afterwards, as in OP-TEE.
+ * it over a socketpair and a shared area (tee_sim_protocol.h): a request whose parameters fit in the
+ * area is copied there and handed over with a futex, a larger one goes over the socket. Temporary
+ * memrefs and registered shared memory are both sent as copies, so the TA never sees client memory
+ * (and the TA host copies them again out of the area before the TA runs). Every wait for the TA is
+ * bounded: a TA process that dies (crash, stack overflow, TEE_Panic) or does not answer within the
+ * timeout is reaped and the call answers TEEC_ERROR_TARGET_DEAD; the session stays dead afterwards, as
+ * in OP-TEE.
+ *
+ * $MIRRORNET_TEE_SIM_AREA_BYTES sets the size of each session's shared area (default 1 MiB, rounded up
+ * to whole pages; 0: no area, every request over the socket).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -34,10 +41,15 @@
 extern char **environ;
 
 #define DEFAULT_TIMEOUT_MS 60000
+#define DEFAULT_AREA_BYTES (1u << 20)
+#define MAX_AREA_BYTES (1u << 30)
+/* Longest sleep on the area's futex before looking whether the TA process is still there. */
+#define AREA_SLICE_MS 50
 
 struct sim_context {
 	char ta_dir[PATH_MAX];
 	int timeout_ms;
+	size_t area_bytes; /* 0: no shared area */
 };
 
 struct sim_session {
@@ -46,6 +58,11 @@ struct sim_session {
 	int cpu; /* the CPU the TA process is pinned to (-1: not pinned) */
 	int fd;
 	int dead;
+	struct tee_sim_area_head *map; /* the shared area, mapped (offered to the TA, or in use) */
+	size_t map_len;
+	int in_use;                    /* the TA accepted the area */
+	uint8_t *data;                 /* the area's data bytes */
+	size_t cap;                    /* how many */
 };
 
 /* ---- last error (per thread) ----------------------------------------------------------------- */
@@ -150,6 +167,76 @@ static int send_iov(int fd, struct iovec *iov, int iovcnt, long long deadline)
 	return 0;
 }
 
+/* ---- the shared area ------------------------------------------------------------------------------ */
+/* A sealed memfd (it can neither shrink under the TA host nor grow), mapped here; its descriptor is
+ * returned for the TA process (close-on-exec here, dup2'ed into the child). -1 when it cannot be made:
+ * the session then keeps to the socket. */
+static int make_area(struct sim_session *s, size_t bytes)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t len = (bytes + page - 1) / page * page;
+	void *map;
+	int fd;
+
+	fd = memfd_create("mirrornet-tee-sim-area", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -1;
+	if (ftruncate(fd, (off_t)len) != 0 ||
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+		close(fd);
+		return -1;
+	}
+	map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED) {
+		close(fd);
+		return -1;
+	}
+	s->map = map;
+	s->map_len = len;
+	s->map->magic = TEE_SIM_AREA_MAGIC;
+	s->data = (uint8_t *)map + sizeof(struct tee_sim_area_head);
+	s->cap = len - sizeof(struct tee_sim_area_head);
+	return fd;
+}
+
+static void drop_area(struct sim_session *s)
+{
+	if (s->map)
+		munmap(s->map, s->map_len);
+	s->map = NULL;
+	s->in_use = 0;
+	s->data = NULL;
+	s->cap = 0;
+}
+
+/* 1 when the TA process's end of the socket is closed (it exited) or says something out of turn. */
+static int peer_gone(int fd)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+
+	return poll(&pfd, 1, 0) != 0;
+}
+
+/* Wait for the TA's reply in the area: 0, -1 (the TA process is gone), -2 (timeout). */
+static int wait_reply(struct sim_session *s, long long deadline)
+{
+	for (;;) {
+		uint32_t v = tee_sim_area_state(s->map);
+		long long left;
+
+		if (v == TEE_SIM_AREA_REPLY)
+			return 0;
+		if (v != TEE_SIM_AREA_REQUEST)
+			return -1; /* DEAD: the TA process crashed */
+		left = deadline - now_ms();
+		if (left <= 0)
+			return -2;
+		if (tee_sim_area_wait(s->map, v, left < AREA_SLICE_MS ? (int)left : AREA_SLICE_MS) &&
+		    peer_gone(s->fd))
+			return -1;
+	}
+}
+
 /* ---- TA process life cycle --------------------------------------------------------------------- */
 static void describe_exit(int status, char *out, size_t cap)
 {
@@ -212,6 +299,7 @@ static TEEC_Result kill_session(struct sim_session *s, int io_status, uint32_t *
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;
+	drop_area(s);
 	s->dead = 1;
 	return TEEC_ERROR_TARGET_DEAD;
 }
@@ -384,6 +472,62 @@ static void follow_caller(struct sim_session *s)
 		s->cpu = cpu;
 }
 
+/* Bytes of memref data a request carries in (out = 0) or its reply may carry out (out = 1). */
+static size_t memref_bytes(const struct resolved *r, int out)
+{
+	size_t n = 0;
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		uint32_t t = TEEC_PARAM_TYPE_GET(r->types, i);
+
+		if (tee_sim_is_memref(t) && (out ? tee_sim_carries_out(t) : tee_sim_carries_in(t)) &&
+		    r->buf[i])
+			n += r->size[i];
+	}
+	return n;
+}
+
+/* The round trip through the shared area: 0, -1 (TA gone or broken), -2 (timeout). */
+static int area_round_trip(struct sim_session *s, const struct tee_sim_request *req,
+			   const struct resolved *r, struct tee_sim_reply *rep, long long deadline)
+{
+	uint8_t *p = s->data;
+	int i, io;
+
+	memcpy(p, req, sizeof(*req));
+	p += sizeof(*req);
+	for (i = 0; i < 4; i++) {
+		uint32_t t = TEEC_PARAM_TYPE_GET(r->types, i);
+
+		if (tee_sim_is_memref(t) && tee_sim_carries_in(t) && r->buf[i] && r->size[i]) {
+			memcpy(p, r->buf[i], r->size[i]);
+			p += r->size[i];
+		}
+	}
+	tee_sim_area_post(s->map, TEE_SIM_AREA_REQUEST);
+	io = wait_reply(s, deadline);
+	if (io)
+		return io;
+	memcpy(rep, s->data, sizeof(*rep));
+	if (rep->magic != TEE_SIM_MAGIC)
+		return -1;
+	p = s->data + sizeof(*rep);
+	for (i = 0; i < 4; i++) {
+		uint32_t t = TEEC_PARAM_TYPE_GET(r->types, i);
+		size_t got;
+
+		if (!tee_sim_is_memref(t) || !tee_sim_carries_out(t) || !r->buf[i])
+			continue;
+		/* Within the area: the sizes of the request's output memrefs fit in it. */
+		got = rep->params[i].a_or_size < r->size[i] ? (size_t)rep->params[i].a_or_size : r->size[i];
+		memcpy(r->buf[i], p, got);
+		p += got;
+	}
+	__atomic_store_n(&s->map->state, TEE_SIM_AREA_IDLE, __ATOMIC_RELAXED);
+	return 0;
+}
+
 static TEEC_Result round_trip(struct sim_session *s, uint32_t kind, uint32_t cmd,
 			      TEEC_Operation *op, uint32_t *origin)
 {
@@ -409,7 +553,24 @@ static TEEC_Result round_trip(struct sim_session *s, uint32_t kind, uint32_t cmd
 	req.kind = kind;
 	req.cmd = cmd;
 	req.param_types = r.types;
+	if (kind == TEE_SIM_OPEN_SESSION && s->map)
+		req.reserved = TEE_SIM_OFFER_AREA;
 	memcpy(req.params, r.wire, sizeof(req.params));
+
+	follow_caller(s);
+	deadline = now_ms() + s->ctx->timeout_ms;
+	if (s->in_use) {
+		if (sizeof(req) + memref_bytes(&r, 0) <= s->cap &&
+		    sizeof(rep) + memref_bytes(&r, 1) <= s->cap) {
+			io = area_round_trip(s, &req, &r, &rep, deadline);
+			if (io)
+				return kill_session(s, io, origin);
+			goto answered;
+		}
+		/* Too large for the area: ring, then send it over the socket. */
+		tee_sim_area_post(s->map, TEE_SIM_AREA_SOCKET);
+	}
+
 	iov[n].iov_base = &req;
 	iov[n++].iov_len = sizeof(req);
 	for (i = 0; i < 4; i++) {
@@ -421,8 +582,6 @@ static TEEC_Result round_trip(struct sim_session *s, uint32_t kind, uint32_t cmd
 		}
 	}
 
-	follow_caller(s);
-	deadline = now_ms() + s->ctx->timeout_ms;
 	io = send_iov(s->fd, iov, n, deadline);
 	if (!io)
 		io = recv_full(s->fd, &rep, sizeof(rep), deadline);
@@ -439,7 +598,14 @@ static TEEC_Result round_trip(struct sim_session *s, uint32_t kind, uint32_t cmd
 	}
 	if (io)
 		return kill_session(s, io, origin);
+	if (kind == TEE_SIM_OPEN_SESSION && s->map) {
+		if (rep.reserved == TEE_SIM_ACCEPT_AREA)
+			s->in_use = 1;
+		else
+			drop_area(s); /* a TA host that does not know the area: the socket it is */
+	}
 
+answered:
 	write_back(op, &rep);
 	if (origin)
 		*origin = rep.origin;
@@ -454,6 +620,7 @@ TEEC_Result TEEC_InitializeContext(const char *name, TEEC_Context *context)
 	struct sim_context *c;
 	const char *dir = name ? name : getenv("MIRRORNET_TA_DIR");
 	const char *tmo = getenv("MIRRORNET_TEE_SIM_TIMEOUT_MS");
+	const char *area = getenv("MIRRORNET_TEE_SIM_AREA_BYTES");
 	struct stat st;
 
 	last_error[0] = '\0';
@@ -490,6 +657,19 @@ TEEC_Result TEEC_InitializeContext(const char *name, TEEC_Context *context)
 		}
 		c->timeout_ms = (int)v;
 	}
+	c->area_bytes = DEFAULT_AREA_BYTES;
+	if (area && *area) {
+		char *end;
+		long long v = strtoll(area, &end, 10);
+
+		if (*end || v < 0 || v > MAX_AREA_BYTES) {
+			free(c);
+			set_error("MIRRORNET_TEE_SIM_AREA_BYTES=%s is not a number of bytes from 0 (no shared "
+				  "area) to %u", area, MAX_AREA_BYTES);
+			return TEEC_ERROR_BAD_PARAMETERS;
+		}
+		c->area_bytes = (size_t)v;
+	}
 	context->imp.sim = c;
 	return TEEC_SUCCESS;
 }
@@ -514,19 +694,26 @@ void TEEC_FinalizeContext(TEEC_Context *context)
 	context->imp.sim = NULL;
 }
 
-static int spawn_ta(const char *path, int child_fd, pid_t *pid)
+/* Start the TA process with the socket as fd 3 and, if area_fd >= 0, the area as TEE_SIM_AREA_FD. */
+static int spawn_ta(const char *path, int child_fd, int area_fd, pid_t *pid)
 {
 	posix_spawn_file_actions_t fa;
 	char fd_arg[16];
 	char *argv[4];
-	int rc, tmp = -1;
+	int rc, sock = -1, area = -1;
 
-	/* dup2(3, 3) would keep FD_CLOEXEC: make sure the child's end is not already fd 3. */
-	if (child_fd == 3) {
-		tmp = fcntl(child_fd, F_DUPFD_CLOEXEC, 4);
-		if (tmp < 0)
-			return errno;
-		child_fd = tmp;
+	/* Copies above the targets first: dup2(3, 3) would keep FD_CLOEXEC, and the first dup2 must not
+	 * overwrite the source of the second. */
+	sock = fcntl(child_fd, F_DUPFD_CLOEXEC, TEE_SIM_AREA_FD + 1);
+	if (sock < 0)
+		return errno;
+	if (area_fd >= 0) {
+		area = fcntl(area_fd, F_DUPFD_CLOEXEC, TEE_SIM_AREA_FD + 1);
+		if (area < 0) {
+			rc = errno;
+			close(sock);
+			return rc;
+		}
 	}
 	snprintf(fd_arg, sizeof(fd_arg), "%d", 3);
 	argv[0] = (char *)path;
@@ -534,11 +721,14 @@ static int spawn_ta(const char *path, int child_fd, pid_t *pid)
 	argv[2] = fd_arg;
 	argv[3] = NULL;
 	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, child_fd, 3);
+	posix_spawn_file_actions_adddup2(&fa, sock, 3);
+	if (area >= 0)
+		posix_spawn_file_actions_adddup2(&fa, area, TEE_SIM_AREA_FD);
 	rc = posix_spawn(pid, path, &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
-	if (tmp >= 0)
-		close(tmp);
+	close(sock);
+	if (area >= 0)
+		close(area);
 	return rc;
 }
 
@@ -549,7 +739,7 @@ TEEC_Result TEEC_OpenSession(TEEC_Context *context, TEEC_Session *session,
 	struct sim_context *c;
 	struct sim_session *s;
 	char path[PATH_MAX + 64];
-	int sv[2], rc;
+	int sv[2], rc, area_fd = -1;
 	TEEC_Result res;
 
 	(void)data;
@@ -600,11 +790,16 @@ TEEC_Result TEEC_OpenSession(TEEC_Context *context, TEEC_Session *session,
 		setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
 		setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
 	}
-	rc = spawn_ta(path, sv[1], &s->pid);
+	if (c->area_bytes)
+		area_fd = make_area(s, c->area_bytes);
+	rc = spawn_ta(path, sv[1], area_fd, &s->pid);
 	close(sv[1]);
+	if (area_fd >= 0)
+		close(area_fd);
 	if (rc != 0) {
 		set_error("cannot start %s: %s", path, strerror(rc));
 		close(sv[0]);
+		drop_area(s);
 		free(s);
 		if (origin)
 			*origin = TEEC_ORIGIN_COMMS;
@@ -617,6 +812,7 @@ TEEC_Result TEEC_OpenSession(TEEC_Context *context, TEEC_Session *session,
 		if (!s->dead) {
 			close(s->fd);
 			reap(s, 2000, NULL, 0);
+			drop_area(s);
 		}
 		free(s);
 		return res;
@@ -638,6 +834,7 @@ void TEEC_CloseSession(TEEC_Session *session)
 		if (round_trip(s, TEE_SIM_CLOSE_SESSION, 0, NULL, &origin) != TEEC_ERROR_TARGET_DEAD) {
 			close(s->fd);
 			reap(s, 2000, NULL, 0);
+			drop_area(s);
 		}
 	}
 	free(s);

@@ -4,21 +4,28 @@
  *   <uuid>.sim --fd N
  *
  * The simulator's libteec starts this process for TEEC_OpenSession and talks to it over the socket N
- * (tee_sim_protocol.h). The process plays OP-TEE's part for one TA instance:
+ * and, when the client offers one in OPEN_SESSION, a shared area (fd TEE_SIM_AREA_FD) whose futex word
+ * rings for each request (tee_sim_protocol.h). The process plays OP-TEE's part for one TA instance:
  *   - the TA's entry points run on a stack of exactly TA_STACK_SIZE bytes above a PROT_NONE guard
  *     page, so a stack overflow kills the instance (SIGSEGV, reported on stderr) as in OP-TEE;
  *   - TEE_Malloc (and malloc of TA code) is served from a pool of TA_DATA_SIZE bytes;
  *   - every memref is a private copy of the client's buffer placed so that its last byte touches a
  *     guard page: a TA that reads or writes past a size it was given crashes instead of silently
- *     reading other memory.
- * A crash or TEE_Panic ends the process; the client library answers TEEC_ERROR_TARGET_DEAD.
+ *     reading other memory. Requests in the shared area are read once: the header is copied out
+ *     before it is checked, the memrefs before the TA runs, so the client changing the area during
+ *     a call changes nothing the TA sees.
+ * A crash or TEE_Panic ends the process; the client library answers TEEC_ERROR_TARGET_DEAD. A client
+ * that goes away (its end of the socket closes) ends it too: waiting on the area's futex, the process
+ * looks at the socket every IDLE_SLICE_MS.
  *
  * With $MIRRORNET_TEE_SIM_STATS set to a file name, a session that closes writes the instance's
- * high-water marks there: "stack_peak=<bytes> heap_peak=<bytes> stack_size=<bytes> heap_size=<bytes>".
+ * high-water marks and how its requests came there: "stack_peak=<bytes> heap_peak=<bytes>
+ * stack_size=<bytes> heap_size=<bytes> area_requests=<n> socket_requests=<n>".
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdint.h>
@@ -26,6 +33,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -50,6 +58,13 @@ static uint8_t ta_heap[TA_DATA_SIZE] __attribute__((aligned(16)));
 static size_t page_size;
 static uint8_t *stack_guard;   /* the guard page below the TA stack */
 static uint8_t *stack_base;    /* lowest usable byte of the TA stack */
+
+/* The shared area, once accepted (NULL: every request comes over the socket). */
+#define IDLE_SLICE_MS 200
+static struct tee_sim_area_head *area;
+static uint8_t *area_data;
+static size_t area_cap;
+static unsigned long long area_requests, socket_requests;
 
 /* ---- running an entry point on the TA stack --------------------------------------------------- */
 struct call {
@@ -116,6 +131,8 @@ static void on_fault(int sig, siginfo_t *info, void *uc)
 		tee_sim_log(sig == SIGSEGV ? "crashed (SIGSEGV), bad address" :
 			    sig == SIGBUS ? "crashed (SIGBUS), bad address" :
 			    "crashed (SIGFPE/SIGILL), at", NULL, (uint64_t)(uintptr_t)addr);
+	if (area)  /* tell a client waiting on the area now, not after its next slice */
+		tee_sim_area_post(area, TEE_SIM_AREA_DEAD);
 	signal(sig, SIG_DFL);
 	raise(sig);
 }
@@ -168,13 +185,15 @@ static size_t stack_peak(void)
 static void write_stats(void)
 {
 	const char *path = getenv("MIRRORNET_TEE_SIM_STATS");
-	char line[160];
+	char line[256];
 	int fd, n;
 
 	if (!path || !*path)
 		return;
-	n = snprintf(line, sizeof(line), "stack_peak=%zu heap_peak=%zu stack_size=%zu heap_size=%zu\n",
-		     stack_peak(), tee_sim_heap_peak(), (size_t)TA_STACK_SIZE, (size_t)TA_DATA_SIZE);
+	n = snprintf(line, sizeof(line),
+		     "stack_peak=%zu heap_peak=%zu stack_size=%zu heap_size=%zu area_requests=%llu "
+		     "socket_requests=%llu\n", stack_peak(), tee_sim_heap_peak(), (size_t)TA_STACK_SIZE,
+		     (size_t)TA_DATA_SIZE, area_requests, socket_requests);
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return;
@@ -227,6 +246,61 @@ static int write_iov(struct iovec *iov, int n)
 	return 0;
 }
 
+/* ---- the shared area ------------------------------------------------------------------------------- */
+/* Map the area the client offered: a memfd sealed against shrinking (so no access here can fault on a
+ * truncated file). 0 on success; -1 leaves the session on the socket. */
+static int accept_area(void)
+{
+	int fd = TEE_SIM_AREA_FD, seals = fcntl(fd, F_GET_SEALS);
+	struct stat st;
+	void *map;
+
+	if (seals < 0 || !(seals & F_SEAL_SHRINK) || fstat(fd, &st) != 0 ||
+	    st.st_size < (off_t)(sizeof(struct tee_sim_area_head) + sizeof(struct tee_sim_request) +
+				 sizeof(struct tee_sim_reply)))
+		return -1;
+	map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED)
+		return -1;
+	if (((struct tee_sim_area_head *)map)->magic != TEE_SIM_AREA_MAGIC) {
+		munmap(map, (size_t)st.st_size);
+		return -1;
+	}
+	close(fd);
+	area = map;
+	area_data = (uint8_t *)map + sizeof(struct tee_sim_area_head);
+	area_cap = (size_t)st.st_size - sizeof(struct tee_sim_area_head);
+	return 0;
+}
+
+/* The client closed its end of the socket (it exited, or closed the session's descriptor). */
+static int client_left(void)
+{
+	struct pollfd pfd = { .fd = sock, .events = POLLIN };
+	char b;
+
+	if (poll(&pfd, 1, 0) <= 0)
+		return 0;
+	if (pfd.revents & (POLLHUP | POLLERR))
+		return 1;
+	return recv(sock, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+static void client_gone(void);
+
+/* Wait for the next request: TEE_SIM_AREA_REQUEST or TEE_SIM_AREA_SOCKET. */
+static uint32_t wait_doorbell(void)
+{
+	for (;;) {
+		uint32_t v = tee_sim_area_state(area);
+
+		if (v == TEE_SIM_AREA_REQUEST || v == TEE_SIM_AREA_SOCKET)
+			return v;
+		if (tee_sim_area_wait(area, v, IDLE_SLICE_MS) && client_left())
+			client_gone();
+	}
+}
+
 /* ---- memrefs: private copies ending at a guard page ------------------------------------------- */
 struct memref {
 	uint8_t *map;
@@ -270,8 +344,30 @@ static void *session_ctx;
 static int session_open;
 static TEE_Result create_result;
 
-/* Returns 0 to keep serving, 1 when the session is closed. */
-static int serve(const struct tee_sim_request *req)
+/* The memref bytes a request carries in (out = 0) or its reply may carry out (out = 1); -1 if a size is
+ * beyond the simulator's limit. */
+static long long memref_bytes(const struct tee_sim_request *req, int out)
+{
+	long long n = 0;
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		uint32_t t = TEE_PARAM_TYPE_GET(req->param_types, i);
+		const struct tee_sim_param *p = &req->params[i];
+
+		if (!tee_sim_is_memref(t) || (p->flags & TEE_SIM_PARAM_NULL) ||
+		    !(out ? tee_sim_carries_out(t) : tee_sim_carries_in(t)))
+			continue;
+		if (p->a_or_size > TEE_SIM_MAX_MEMREF)
+			return -1;
+		n += (long long)p->a_or_size;
+	}
+	return n;
+}
+
+/* Serve one request (a private copy of its header), which came in the area (via_area) or over the
+ * socket; the reply goes back the same way. Returns 0 to keep serving, 1 when the session is closed. */
+static int serve(const struct tee_sim_request *req, int via_area)
 {
 	struct memref *mem[4] = { NULL, NULL, NULL, NULL };
 	struct tee_sim_region regions[4];
@@ -282,7 +378,15 @@ static int serve(const struct tee_sim_request *req)
 	struct call c;
 	int i, nregions = 0;
 	uint32_t origin = TEE_ORIGIN_TRUSTED_APP;
+	const uint8_t *in = via_area ? area_data + sizeof(*req) : NULL;
 
+	if (via_area) {
+		long long need_in = memref_bytes(req, 0), need_out = memref_bytes(req, 1);
+
+		if (need_in < 0 || need_out < 0 || (size_t)need_in > area_cap - sizeof(*req) ||
+		    (size_t)need_out > area_cap - sizeof(rep))
+			goto bad_request;
+	}
 	memset(params, 0, sizeof(params));
 	for (i = 0; i < 4; i++) {
 		uint32_t t = TEE_PARAM_TYPE_GET(req->param_types, i);
@@ -299,8 +403,12 @@ static int serve(const struct tee_sim_request *req)
 			if (memref_alloc(i, (size_t)p->a_or_size, !tee_sim_carries_in(t)) != 0)
 				goto out_of_memory;
 			mem[i] = &slots[i];
-			if (tee_sim_carries_in(t) && read_full(mem[i]->buf, mem[i]->size) != 0)
+			if (tee_sim_carries_in(t) && via_area) {
+				memcpy(mem[i]->buf, in, mem[i]->size);
+				in += mem[i]->size;
+			} else if (tee_sim_carries_in(t) && read_full(mem[i]->buf, mem[i]->size) != 0) {
 				_exit(0); /* client gone */
+			}
 			params[i].memref.buffer = mem[i]->buf;
 			params[i].memref.size = mem[i]->size;
 			regions[nregions].start = mem[i]->buf;
@@ -332,12 +440,15 @@ static int serve(const struct tee_sim_request *req)
 		run_on_ta_stack(&c);
 		tee_sim_set_shared_regions(NULL, 0);
 	}
+	memset(&rep, 0, sizeof(rep));
 	if (req->kind == TEE_SIM_OPEN_SESSION && c.result == TEE_SUCCESS) {
 		session_ctx = c.session;
 		session_open = 1;
+		/* From the next request on (this reply still goes over the socket). */
+		if (req->reserved == TEE_SIM_OFFER_AREA && !area && accept_area() == 0)
+			rep.reserved = TEE_SIM_ACCEPT_AREA;
 	}
 
-	memset(&rep, 0, sizeof(rep));
 	rep.magic = TEE_SIM_MAGIC;
 	rep.result = c.result;
 	rep.origin = c.result == TEE_SUCCESS ? TEE_ORIGIN_TRUSTED_APP : origin;
@@ -363,8 +474,17 @@ static int serve(const struct tee_sim_request *req)
 		iov[niov].iov_base = mem[i]->buf;
 		iov[niov++].iov_len = n;
 	}
-	if (write_iov(iov, niov) != 0)
+	if (via_area) {
+		uint8_t *out = area_data;
+
+		for (i = 0; i < niov; i++) { /* within the area: checked against the request's sizes above */
+			memcpy(out, iov[i].iov_base, iov[i].iov_len);
+			out += iov[i].iov_len;
+		}
+		tee_sim_area_post(area, TEE_SIM_AREA_REPLY);
+	} else if (write_iov(iov, niov) != 0) {
 		_exit(0);
+	}
 	return req->kind == TEE_SIM_CLOSE_SESSION;
 
 bad_request:
@@ -373,6 +493,20 @@ bad_request:
 out_of_memory:
 	tee_sim_log("cannot map a memref of size", NULL, req->params[i].a_or_size);
 	_exit(103);
+}
+
+/* The client went away without closing: tear the instance down quietly. */
+static void client_gone(void)
+{
+	struct call c;
+
+	if (session_open) {
+		memset(&c, 0, sizeof(c));
+		c.kind = TEE_SIM_CLOSE_SESSION;
+		c.session = session_ctx;
+		run_on_ta_stack(&c);
+	}
+	exit(0);
 }
 
 int main(int argc, char **argv)
@@ -398,15 +532,16 @@ int main(int argc, char **argv)
 	create_result = c.result;
 
 	for (;;) {
-		if (read_full(&req, sizeof(req)) != 0) {
-			/* The client went away without closing: tear the instance down quietly. */
-			if (session_open) {
-				memset(&c, 0, sizeof(c));
-				c.kind = TEE_SIM_CLOSE_SESSION;
-				c.session = session_ctx;
-				run_on_ta_stack(&c);
-			}
-			return 0;
+		int via_area = 0;
+
+		if (area && wait_doorbell() == TEE_SIM_AREA_REQUEST) {
+			memcpy(&req, area_data, sizeof(req)); /* read once: checks and use see this copy */
+			via_area = 1;
+		} else {
+			if (area) /* the request follows on the socket */
+				__atomic_store_n(&area->state, TEE_SIM_AREA_IDLE, __ATOMIC_RELAXED);
+			if (read_full(&req, sizeof(req)) != 0)
+				client_gone();
 		}
 		if (req.magic != TEE_SIM_MAGIC || req.version != TEE_SIM_VERSION) {
 			tee_sim_log("bad request header, magic", NULL, req.magic);
@@ -419,7 +554,11 @@ int main(int argc, char **argv)
 			tee_sim_log("request out of order, kind", NULL, req.kind);
 			return 103;
 		}
-		if (serve(&req)) {
+		if (via_area)
+			area_requests++;
+		else
+			socket_requests++;
+		if (serve(&req, via_area)) {
 			write_stats();
 			return 0;
 		}

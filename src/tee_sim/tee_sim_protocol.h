@@ -1,6 +1,7 @@
 /*
  * tee_sim_protocol.h: the wire format between the simulator's libteec (src/libteec_sim) and a TA host
- * process (src/tee_sim/ta_host.c), over one AF_UNIX stream socket per session.
+ * process (src/tee_sim/ta_host.c): one AF_UNIX stream socket per session and, when both ends agree, a
+ * shared area with a futex word that carries the requests that fit in it.
  *
  * Request:  struct tee_sim_request, then for each MEMREF_INPUT/INOUT parameter with a buffer, its
  *           `size` bytes, in parameter order.
@@ -8,11 +9,29 @@
  *           min(size in the reply, size in the request) bytes, in parameter order.
  * Parameter types on the wire are the TA's (TEE_PARAM_TYPE_*): the client library resolves TEEC's
  * registered-memory variants into plain memrefs. Both ends run on the same host: native byte order.
+ *
+ * The shared area (the fast path). The client offers it in OPEN_SESSION (request.reserved =
+ * TEE_SIM_OFFER_AREA): a sealed memfd, fd TEE_SIM_AREA_FD in the TA process, laid out as struct
+ * tee_sim_area_head followed by the data bytes (the rest of the file). A TA host that maps it answers
+ * reply.reserved = TEE_SIM_ACCEPT_AREA (a host that does not know the offer leaves it 0, and the session
+ * keeps to the socket). From then on the head's `state` word is the doorbell for every request:
+ *   IDLE -> REQUEST  the client wrote a request (same layout as on the socket) at the start of the data;
+ *   REQUEST -> REPLY the TA host wrote its reply (same layout) there;
+ *   IDLE -> SOCKET   the request does not fit: it follows on the socket, and the reply comes back there
+ *                    (the TA host sets IDLE again when it takes the request);
+ *   any -> DEAD      the TA process crashed (its fault handler says so before it dies).
+ * Each side waits with FUTEX_WAIT in bounded slices and checks the socket for the peer's end between
+ * them, so neither waits on the word of a process that is gone.
  */
 #ifndef TEE_SIM_PROTOCOL_H
 #define TEE_SIM_PROTOCOL_H
 
+#include <errno.h>
+#include <linux/futex.h>
 #include <stdint.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #define TEE_SIM_MAGIC      0x4d495354u /* "TSIM" */
 #define TEE_SIM_VERSION    1u
@@ -20,6 +39,24 @@
 #define TEE_SIM_OPEN_SESSION   1u
 #define TEE_SIM_INVOKE         2u
 #define TEE_SIM_CLOSE_SESSION  3u
+
+/* The shared area */
+#define TEE_SIM_AREA_FD        4   /* its descriptor in the TA process, when offered */
+#define TEE_SIM_OFFER_AREA     1u  /* tee_sim_request.reserved of OPEN_SESSION */
+#define TEE_SIM_ACCEPT_AREA    1u  /* tee_sim_reply.reserved of OPEN_SESSION's reply */
+#define TEE_SIM_AREA_MAGIC     0x41455241u /* "AREA" */
+
+#define TEE_SIM_AREA_IDLE      0u
+#define TEE_SIM_AREA_REQUEST   1u
+#define TEE_SIM_AREA_SOCKET    2u
+#define TEE_SIM_AREA_REPLY     3u
+#define TEE_SIM_AREA_DEAD      4u
+
+struct tee_sim_area_head {
+	uint32_t state;     /* the futex word */
+	uint32_t magic;     /* TEE_SIM_AREA_MAGIC, written by the client */
+	uint8_t pad[56];    /* the data starts on its own cache line */
+};
 
 /* Largest memref the simulator carries (OP-TEE's own shared-memory pool is smaller still). */
 #define TEE_SIM_MAX_MEMREF (64u << 20)
@@ -69,6 +106,29 @@ static inline int tee_sim_carries_in(uint32_t t)
 static inline int tee_sim_carries_out(uint32_t t)
 {
 	return t == 2u || t == 3u || t == 6u || t == 7u;
+}
+
+/* The area's state word, shared between two processes (so not FUTEX_PRIVATE_FLAG). */
+static inline uint32_t tee_sim_area_state(const struct tee_sim_area_head *h)
+{
+	return __atomic_load_n(&h->state, __ATOMIC_ACQUIRE);
+}
+
+static inline void tee_sim_area_post(struct tee_sim_area_head *h, uint32_t state)
+{
+	__atomic_store_n(&h->state, state, __ATOMIC_RELEASE);
+	syscall(SYS_futex, &h->state, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* Sleep while the state is `seen`, at most timeout_ms. 1 if the time ran out, else 0 (woken, the state
+ * had already changed, or a signal: the caller looks at the state again either way). */
+static inline int tee_sim_area_wait(struct tee_sim_area_head *h, uint32_t seen, int timeout_ms)
+{
+	struct timespec ts = { .tv_sec = timeout_ms / 1000, .tv_nsec = (long)(timeout_ms % 1000) * 1000000L };
+
+	if (syscall(SYS_futex, &h->state, FUTEX_WAIT, seen, &ts, NULL, 0) != 0 && errno == ETIMEDOUT)
+		return 1;
+	return 0;
 }
 
 #endif /* TEE_SIM_PROTOCOL_H */
