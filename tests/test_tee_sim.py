@@ -481,3 +481,122 @@ def test_the_ta_process_follows_the_callers_cpu(logits):
         s.run(_taps(1, cpm.tap_floats)[0])
         allowed = os.sched_getaffinity(pid)
         assert len(allowed) == 1 and allowed <= os.sched_getaffinity(0)
+
+
+# ---- the transport: shared area and socket --------------------------------------------------------------
+
+AREA_BYTES = 1 << 20   # the client library's default shared area per session
+
+
+def _stats(path):
+    return {k: int(v) for k, v in (kv.split("=") for kv in path.read_text().split())}
+
+
+@pytest.mark.parametrize("area", [None, "0", "5000"])
+def test_invokes_take_the_shared_area_and_larger_ones_the_socket(tmp_path, monkeypatch, logits, area):
+    """Every request that fits in the session's shared area goes through it (the TA host counts them),
+    a larger one over the socket, with the same answers; MIRRORNET_TEE_SIM_AREA_BYTES=0 turns the area off."""
+    _, cpm, _ = logits
+    stats = tmp_path / "stats"
+    monkeypatch.setenv("MIRRORNET_TEE_SIM_STATS", str(stats))
+    if area is not None:
+        monkeypatch.setenv("MIRRORNET_TEE_SIM_AREA_BYTES", area)
+    cap = {None: AREA_BYTES, "0": 0, "5000": 8192}[area] - 64   # whole pages, less the area's head
+    taps = _taps(20, cpm.tap_floats, seed=5)
+    with TeeSession(logits[0]) as s:
+        small = s.run_many(taps).outputs
+        info = s.invoke(INFO, [teec.MemOut(INFO_BYTES)])
+        big_out = cap + 1 if cap > 0 else 2 * AREA_BYTES   # one byte more than the area holds
+        large = [s.invoke(RUN, [teec.MemIn(row), teec.MemOut(big_out), teec.ValueOut()]) for row in taps[:5]]
+        big_info = s.invoke(INFO, [teec.MemOut(big_out)])
+        refused = s.invoke(LOAD, [teec.MemIn(np.zeros(2 * AREA_BYTES, np.uint8)), teec.ValueIn(0, TAP_BYTES)])
+        after = s.run(taps[0])[0]
+        abi = s.abi
+    np.testing.assert_allclose(small, cpm.logits(taps), rtol=1e-5, atol=1e-5)
+    for res, want in zip(large, small[:5]):   # the same answers as through the area
+        assert res.ok and res.outputs[1][0] == OUT_BYTES
+        assert res.outputs[1][1][:OUT_BYTES] == want.astype(np.float32).tobytes()
+    assert big_info.ok and big_info.outputs[0][0] == INFO_BYTES
+    first, second = (abi.parse_info(r.outputs[0][1][:INFO_BYTES]) for r in (info, big_info))
+    assert (second.source_sha256, second.tap_sizes) == (first.source_sha256, first.tap_sizes)
+    assert second.runs == first.runs + len(large)
+    assert (refused.code, refused.origin) == (teec.BAD_PARAMETERS, 4)   # 2 MiB > the TA's 512 kB limit
+    np.testing.assert_array_equal(after, small[0])
+    counts = _stats(stats)
+    large_requests = len(large) + 2
+    if cap > 0:   # the session opens over the socket; the large requests follow it there
+        assert counts["socket_requests"] == 1 + large_requests
+        assert counts["area_requests"] >= 20 + 1 + 1 + 1   # 20 runs, GET_INFO, the last run, the close
+    else:
+        assert counts["area_requests"] == 0 and counts["socket_requests"] >= 20 + large_requests
+
+
+def test_a_bad_area_size_is_a_clear_error(monkeypatch, logits):
+    monkeypatch.setenv("MIRRORNET_TEE_SIM_AREA_BYTES", "lots")
+    with pytest.raises(TeeError, match="MIRRORNET_TEE_SIM_AREA_BYTES=lots"):
+        TeeSession(logits[0])
+
+
+def test_a_ta_killed_mid_call_is_noticed_long_before_the_timeout(logits):
+    """A TA process that dies without a word (SIGKILL, no fault handler) while the client waits on the
+    area's futex: the client notices through the socket, within a fraction of a second."""
+    import os
+    import signal
+    import threading
+
+    _, cpm, _ = logits
+    others = set(_ta_processes())
+    with TeeSession(logits[0], timeout_s=30.0) as s:
+        pid = (set(_ta_processes()) - others).pop()
+        killer = threading.Timer(0.3, os.kill, (pid, signal.SIGKILL))
+        killer.start()
+        t0 = time.monotonic()
+        with pytest.raises(TeeError, match="signal 9") as err:
+            s.run(_trigger(cpm, TRIGGER_HANG))
+        killer.join()
+        assert err.value.code == teec.TARGET_DEAD
+        assert time.monotonic() - t0 < 5
+
+
+CLIENT_SCRIPT = r"""
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from mirrornet_tvm.tee.session import TeeSession
+import numpy as np
+from test_tee_sim import _ta_processes
+s = TeeSession({build!r})
+s.run(np.zeros(112, np.float32))
+print(_ta_processes()[0], flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_ta_process_ends_when_its_client_goes_away(tmp_path, logits):
+    """A client killed with its session open: the TA process, waiting on the area's futex, sees the socket
+    close and exits (no orphan left waiting)."""
+    import os
+    import signal
+    import sys
+    from pathlib import Path as P
+
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT_SCRIPT.format(tests=str(P(__file__).parent), build=str(logits[0])))
+    client = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(client.stdout.readline())
+        assert P(f"/proc/{pid}").exists()
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = P(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break
+        if state == "Z":   # exited; whoever adopted it has not reaped it yet
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the TA process outlived its client by 5 s")
