@@ -600,3 +600,66 @@ def test_the_ta_process_ends_when_its_client_goes_away(tmp_path, logits):
     else:
         os.kill(pid, signal.SIGKILL)
         pytest.fail("the TA process outlived its client by 5 s")
+
+
+SWITCH_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "tee_sim_switch.h"
+static struct tee_sim_stack host, ta;
+static unsigned char stack[16384] __attribute__((aligned(16)));
+static volatile long rounds;
+static volatile uintptr_t where;
+static double acc = 1.0;
+static void entry(void)
+{
+	volatile char here;
+	for (;;) {
+		where = (uintptr_t)&here;
+		rounds++;
+		acc = acc * 0.5 + 1.0;
+		tee_sim_stack_switch(&ta, &host);
+	}
+}
+int main(int argc, char **argv)
+{
+	long n = atol(argv[1]), i;
+	long a = n * 3, b = n * 5, c = n * 7, d = n * 11, e = n * 13, f = n * 17;   /* live across every switch */
+	double x = n * 0.5, y = n * 0.25, z = n * 0.125;
+	if (tee_sim_stack_start(&ta, stack, sizeof(stack), entry))
+		return 2;
+	for (i = 0; i < n; i++) {
+		tee_sim_stack_switch(&host, &ta);
+		if (a != n * 3 || b != n * 5 || c != n * 7 || d != n * 11 || e != n * 13 || f != n * 17 ||
+		    x != n * 0.5 || y != n * 0.25 || z != n * 0.125)
+			return puts("clobbered"), 1;
+		if (where < (uintptr_t)stack || where >= (uintptr_t)stack + sizeof(stack))
+			return puts("not on the TA stack"), 1;
+	}
+	printf("%ld %.3f\n", rounds, acc);
+	return 0;
+}
+"""
+
+
+def _switch_builds():
+    import shutil
+
+    yield pytest.param("native", ["cc"], [], id="native")
+    yield pytest.param("ucontext", ["cc", "-DTEE_SIM_UCONTEXT"], [], id="ucontext")
+    if shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64"):
+        yield pytest.param("aarch64", ["aarch64-linux-gnu-gcc"], ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
+                           id="aarch64-qemu")
+
+
+@pytest.mark.parametrize("name, cc, runner", list(_switch_builds()))
+def test_the_ta_stack_switch_keeps_the_callers_registers(tmp_path, name, cc, runner):
+    """The TA host enters the TA's stack without swapcontext's system calls (x86-64 and AArch64 assembly,
+    ucontext elsewhere): values live across a switch survive it, and the entry point runs on the TA stack."""
+    src = tmp_path / "switch.c"
+    src.write_text(SWITCH_C)
+    exe = tmp_path / f"switch-{name}"
+    subprocess.run([*cc, "-O2", "-Wall", "-Werror", f"-I{ROOT / 'src/tee_sim'}", "-o", exe, src], check=True)
+    proc = subprocess.run([*runner, exe, "1000"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["1000", "2.000"]

@@ -524,7 +524,6 @@ static int area_round_trip(struct sim_session *s, const struct tee_sim_request *
 		memcpy(r->buf[i], p, got);
 		p += got;
 	}
-	__atomic_store_n(&s->map->state, TEE_SIM_AREA_IDLE, __ATOMIC_RELAXED);
 	return 0;
 }
 

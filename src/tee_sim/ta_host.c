@@ -35,7 +35,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <tee_internal_api.h>
@@ -43,6 +42,7 @@
 
 #include "tee_sim_internal.h"
 #include "tee_sim_protocol.h"
+#include "tee_sim_switch.h"
 
 #ifndef TA_STACK_SIZE
 #error "user_ta_header_defines.h must define TA_STACK_SIZE"
@@ -76,13 +76,12 @@ struct call {
 	TEE_Result result;
 };
 
-static ucontext_t host_uc, ta_uc;
+static struct tee_sim_stack host_stack, ta_stack;
+static int ta_stack_started;
 static struct call *current;
 
-static void ta_trampoline(void)
+static void ta_dispatch(struct call *c)
 {
-	struct call *c = current;
-
 	switch (c->kind) {
 	case 0:
 		c->result = TA_CreateEntryPoint();
@@ -101,21 +100,26 @@ static void ta_trampoline(void)
 	}
 }
 
+/* The TA stack's one frame: serve the current call, switch back to the host, wait for the next. */
+static void ta_loop(void)
+{
+	for (;;) {
+		ta_dispatch(current);
+		tee_sim_stack_switch(&ta_stack, &host_stack);
+	}
+}
+
 static void run_on_ta_stack(struct call *c)
 {
 	current = c;
-	if (getcontext(&ta_uc) != 0) {
-		tee_sim_log("getcontext failed, errno", NULL, (uint64_t)errno);
-		_exit(102);
+	if (!ta_stack_started) {
+		if (tee_sim_stack_start(&ta_stack, stack_base, TA_STACK_SIZE, ta_loop) != 0) {
+			tee_sim_log("cannot set up the TA stack, errno", NULL, (uint64_t)errno);
+			_exit(102);
+		}
+		ta_stack_started = 1;
 	}
-	ta_uc.uc_stack.ss_sp = stack_base;
-	ta_uc.uc_stack.ss_size = TA_STACK_SIZE;
-	ta_uc.uc_link = &host_uc;
-	makecontext(&ta_uc, ta_trampoline, 0);
-	if (swapcontext(&host_uc, &ta_uc) != 0) {
-		tee_sim_log("swapcontext failed, errno", NULL, (uint64_t)errno);
-		_exit(102);
-	}
+	tee_sim_stack_switch(&host_stack, &ta_stack);
 }
 
 /* ---- crash reporting --------------------------------------------------------------------------- */
@@ -539,7 +543,7 @@ int main(int argc, char **argv)
 			via_area = 1;
 		} else {
 			if (area) /* the request follows on the socket */
-				__atomic_store_n(&area->state, TEE_SIM_AREA_IDLE, __ATOMIC_RELAXED);
+				tee_sim_area_post(area, TEE_SIM_AREA_IDLE);
 			if (read_full(&req, sizeof(req)) != 0)
 				client_gone();
 		}

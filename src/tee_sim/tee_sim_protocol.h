@@ -15,13 +15,15 @@
  * tee_sim_area_head followed by the data bytes (the rest of the file). A TA host that maps it answers
  * reply.reserved = TEE_SIM_ACCEPT_AREA (a host that does not know the offer leaves it 0, and the session
  * keeps to the socket). From then on the head's `state` word is the doorbell for every request:
- *   IDLE -> REQUEST  the client wrote a request (same layout as on the socket) at the start of the data;
- *   REQUEST -> REPLY the TA host wrote its reply (same layout) there;
- *   IDLE -> SOCKET   the request does not fit: it follows on the socket, and the reply comes back there
- *                    (the TA host sets IDLE again when it takes the request);
- *   any -> DEAD      the TA process crashed (its fault handler says so before it dies).
+ *   IDLE|REPLY -> REQUEST  the client wrote a request (same layout as on the socket) at the start of
+ *                          the data;
+ *   REQUEST -> REPLY       the TA host wrote its reply (same layout) there;
+ *   IDLE|REPLY -> SOCKET   the request does not fit: it follows on the socket, and the reply comes back
+ *                          there (the TA host sets IDLE when it takes the request);
+ *   any -> DEAD            the TA process crashed (its fault handler says so before it dies).
  * Each side waits with FUTEX_WAIT in bounded slices and checks the socket for the peer's end between
- * them, so neither waits on the word of a process that is gone.
+ * them, so neither waits on the word of a process that is gone. A sleeper marks the word
+ * (TEE_SIM_AREA_WAITER), and only a marked word costs its changer a FUTEX_WAKE.
  */
 #ifndef TEE_SIM_PROTOCOL_H
 #define TEE_SIM_PROTOCOL_H
@@ -108,25 +110,35 @@ static inline int tee_sim_carries_out(uint32_t t)
 	return t == 2u || t == 3u || t == 6u || t == 7u;
 }
 
-/* The area's state word, shared between two processes (so not FUTEX_PRIVATE_FLAG). */
+/* The area's state word, shared between two processes (so not FUTEX_PRIVATE_FLAG). A side about to
+ * sleep on it sets TEE_SIM_AREA_WAITER; the side that changes the state wakes it only then, so a
+ * hand-over to a peer that has not gone to sleep costs no system call. */
+#define TEE_SIM_AREA_WAITER 0x80000000u
+
 static inline uint32_t tee_sim_area_state(const struct tee_sim_area_head *h)
 {
-	return __atomic_load_n(&h->state, __ATOMIC_ACQUIRE);
+	return __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) & ~TEE_SIM_AREA_WAITER;
 }
 
 static inline void tee_sim_area_post(struct tee_sim_area_head *h, uint32_t state)
 {
-	__atomic_store_n(&h->state, state, __ATOMIC_RELEASE);
-	syscall(SYS_futex, &h->state, FUTEX_WAKE, 1, NULL, NULL, 0);
+	if (__atomic_exchange_n(&h->state, state, __ATOMIC_ACQ_REL) & TEE_SIM_AREA_WAITER)
+		syscall(SYS_futex, &h->state, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
-/* Sleep while the state is `seen`, at most timeout_ms. 1 if the time ran out, else 0 (woken, the state
- * had already changed, or a signal: the caller looks at the state again either way). */
+/* Sleep while the state is `seen` (as tee_sim_area_state read it), at most timeout_ms. 1 if the time ran
+ * out, else 0 (woken, the state had already changed, or a signal: the caller looks at the state again
+ * either way). */
 static inline int tee_sim_area_wait(struct tee_sim_area_head *h, uint32_t seen, int timeout_ms)
 {
 	struct timespec ts = { .tv_sec = timeout_ms / 1000, .tv_nsec = (long)(timeout_ms % 1000) * 1000000L };
+	uint32_t v = seen;
 
-	if (syscall(SYS_futex, &h->state, FUTEX_WAIT, seen, &ts, NULL, 0) != 0 && errno == ETIMEDOUT)
+	if (!__atomic_compare_exchange_n(&h->state, &v, seen | TEE_SIM_AREA_WAITER, 0, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE) && v != (seen | TEE_SIM_AREA_WAITER))
+		return 0; /* the state changed meanwhile */
+	if (syscall(SYS_futex, &h->state, FUTEX_WAIT, seen | TEE_SIM_AREA_WAITER, &ts, NULL, 0) != 0 &&
+	    errno == ETIMEDOUT)
 		return 1;
 	return 0;
 }
