@@ -5,6 +5,7 @@ The CPM is the test fixture of tee_stand_in_cpm.py (a linear layer with known we
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -540,7 +541,6 @@ def test_a_bad_area_size_is_a_clear_error(monkeypatch, logits):
 def test_a_ta_killed_mid_call_is_noticed_long_before_the_timeout(logits):
     """A TA process that dies without a word (SIGKILL, no fault handler) while the client waits on the
     area's futex: the client notices through the socket, within a fraction of a second."""
-    import os
     import signal
     import threading
 
@@ -574,7 +574,6 @@ time.sleep(600)
 def test_the_ta_process_ends_when_its_client_goes_away(tmp_path, logits):
     """A client killed with its session open: the TA process, waiting on the area's futex, sees the socket
     close and exits (no orphan left waiting)."""
-    import os
     import signal
     import sys
     from pathlib import Path as P
@@ -663,3 +662,152 @@ def test_the_ta_stack_switch_keeps_the_callers_registers(tmp_path, name, cc, run
     proc = subprocess.run([*runner, exe, "1000"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.split() == ["1000", "2.000"]
+
+
+# ---- what the TA sees of the shared area ----------------------------------------------------------------
+
+PROBE_TA_C = r"""
+/* A TA that reports what it sees of its input memref: where it is, and what it holds before and after
+ * the client has had the chance to change the shared area. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <tee_internal_api.h>
+
+TEE_Result TA_CreateEntryPoint(void) { return TEE_SUCCESS; }
+void TA_DestroyEntryPoint(void) {}
+TEE_Result TA_OpenSessionEntryPoint(uint32_t t, TEE_Param p[TEE_NUM_PARAMS], void **s)
+{
+	(void)t; (void)p; (void)s;
+	return TEE_SUCCESS;
+}
+void TA_CloseSessionEntryPoint(void *s) { (void)s; }
+
+static uint32_t digest(const volatile uint8_t *b, size_t n)
+{
+	uint32_t h = 2166136261u;
+	while (n--)
+		h = (h ^ *b++) * 16777619u;
+	return h;
+}
+
+TEE_Result TA_InvokeCommandEntryPoint(void *s, uint32_t cmd, uint32_t t, TEE_Param p[TEE_NUM_PARAMS])
+{
+	const volatile uint8_t *b = p[0].memref.buffer;
+	size_t n = p[0].memref.size;
+	const char *changed = getenv("PROBE_TA_CHANGED");
+	int i;
+
+	(void)s; (void)t;
+	if (cmd == 0) {
+		p[1].value.a = digest(b, n);
+		/* Tell the client it may now change the area, and wait until it did. */
+		close(open(getenv("PROBE_TA_TOOK"), O_CREAT | O_WRONLY, 0644));
+		for (i = 0; i < 10000 && access(changed, F_OK) != 0; i++)
+			usleep(1000);
+		p[1].value.b = digest(b, n);
+		p[2].value.a = (uint32_t)(uintptr_t)b;
+		p[2].value.b = (uint32_t)((uintptr_t)b >> 32);
+		return TEE_SUCCESS;
+	}
+	if (cmd == 1) { /* one byte past the end */
+		p[1].value.a = b[n];
+		return TEE_SUCCESS;
+	}
+	return TEE_ERROR_NOT_SUPPORTED;
+}
+"""
+
+PROBE_CLIENT_C = r"""
+/* Against the TA above: what the TA sees of a memref while the normal world rewrites the shared area. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <tee_client_api.h>
+#include "tee_sim_protocol.h"
+
+static uint8_t *area_lo, *area_hi;
+
+static void *change_area(void *arg)
+{
+	int i;
+
+	(void)arg;
+	for (i = 0; i < 10000 && access(getenv("PROBE_TA_TOOK"), F_OK) != 0; i++)
+		usleep(1000);
+	/* everything after the request header: the input memref's bytes as the client library put them */
+	memset(area_lo + sizeof(struct tee_sim_area_head) + sizeof(struct tee_sim_request), 0xEE,
+	       4096);
+	close(open(getenv("PROBE_TA_CHANGED"), O_CREAT | O_WRONLY, 0644));
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	TEEC_Context ctx; TEEC_Session s; TEEC_Operation op; uint32_t origin; TEEC_Result r;
+	TEEC_UUID uuid = { 0x11111111, 0x2222, 0x3333, { 0x44, 0x44, 0x55, 0x55, 0x55, 0x55, 0x55, 0x55 } };
+	static uint8_t buf[4096]; char line[512]; FILE *maps; pthread_t th; int i; uintptr_t where;
+
+	if (TEEC_InitializeContext(argv[1], &ctx) || TEEC_OpenSession(&ctx, &s, &uuid, TEEC_LOGIN_PUBLIC, NULL, NULL, &origin))
+		return 10;
+	maps = fopen("/proc/self/maps", "r");
+	while (fgets(line, sizeof(line), maps))
+		if (strstr(line, "mirrornet-tee-sim-area")) {
+			unsigned long lo, hi;
+			sscanf(line, "%lx-%lx", &lo, &hi);
+			area_lo = (uint8_t *)lo; area_hi = (uint8_t *)hi;
+		}
+	fclose(maps);
+	if (!area_lo)
+		return puts("no shared area"), 11;
+	for (i = 0; i < 4096; i++)
+		buf[i] = (uint8_t)(i * 7);
+	memset(&op, 0, sizeof(op));
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_VALUE_OUTPUT, TEEC_VALUE_OUTPUT, TEEC_NONE);
+	op.params[0].tmpref.buffer = buf; op.params[0].tmpref.size = 1000;
+	pthread_create(&th, NULL, change_area, NULL);
+	r = TEEC_InvokeCommand(&s, 0, &op, &origin);
+	pthread_join(th, NULL);
+	where = (uintptr_t)op.params[2].value.a | (uintptr_t)op.params[2].value.b << 32;
+	printf("seen 0x%08x %08x %08x in_area %d page_end %d\n", r, op.params[1].value.a, op.params[1].value.b,
+	       where >= (uintptr_t)area_lo && where < (uintptr_t)area_hi, (int)((where + 1000) % 4096 == 0));
+	{ uint32_t h = 2166136261u; for (i = 0; i < 1000; i++) h = (h ^ buf[i]) * 16777619u; printf("sent %08x\n", h); }
+	op.paramTypes = TEEC_PARAM_TYPES(TEEC_MEMREF_TEMP_INPUT, TEEC_VALUE_OUTPUT, TEEC_NONE, TEEC_NONE);
+	r = TEEC_InvokeCommand(&s, 1, &op, &origin);
+	printf("past_end 0x%08x %u\n", r, origin);
+	TEEC_CloseSession(&s); TEEC_FinalizeContext(&ctx);
+	return 0;
+}
+"""
+
+
+def test_the_ta_sees_a_private_copy_of_the_shared_area(tmp_path):
+    """A probe TA built with the simulator's TA host: its input memref is not in the shared area but a
+    private copy ending at a guard page, the normal world rewriting the area while the TA runs changes
+    nothing the TA reads, and reading one byte past the memref kills the instance."""
+    sim = ROOT / "src" / "tee_sim"
+    (tmp_path / "user_ta_header_defines.h").write_text("#define TA_STACK_SIZE 8192\n#define TA_DATA_SIZE 16384\n")
+    (tmp_path / "probe_ta.c").write_text(PROBE_TA_C)
+    (tmp_path / "client.c").write_text(PROBE_CLIENT_C)
+    subprocess.run(["cc", "-O2", f"-I{sim / 'include'}", f"-I{sim}", f"-I{tmp_path}", tmp_path / "probe_ta.c",
+                    sim / "ta_host.c", sim / "tee_api.c", "-o", tmp_path / "11111111-2222-3333-4444-555555555555.sim"],
+                   check=True, capture_output=True)
+    subprocess.run(["cc", "-O2", f"-I{ROOT / 'src/libteec_sim/include'}", f"-I{sim}", tmp_path / "client.c",
+                    "-o", tmp_path / "client", f"-L{ROOT / 'build'}", "-lmirrornet_teec_sim",
+                    f"-Wl,-rpath,{ROOT / 'build'}", "-lpthread"], check=True, capture_output=True)
+    env = dict(os.environ, PROBE_TA_TOOK=str(tmp_path / "took"), PROBE_TA_CHANGED=str(tmp_path / "changed"))
+    env.pop("MIRRORNET_TEE_SIM_AREA_BYTES", None)
+    proc = subprocess.run([tmp_path / "client", tmp_path], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen, sent, past = proc.stdout.splitlines()
+    _, code, before, after, _, in_area, _, page_end = seen.split()
+    assert (tmp_path / "changed").exists()                    # the area was rewritten during the call
+    assert code == "0x00000000" and before == after == sent.split()[1]
+    assert (in_area, page_end) == ("0", "1")
+    assert past.split()[1:] == [f"0x{teec.TARGET_DEAD:08x}", "3"]   # origin TEE: the instance died
+    assert "crashed (SIGSEGV)" in proc.stderr

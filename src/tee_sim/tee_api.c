@@ -228,7 +228,7 @@ void *tee_sim_ta_calloc(size_t n, size_t size)
 	if (size && n > SIZE_MAX / size)
 		return NULL;
 	p = heap_alloc(n * size);
-	if (p && n * size)
+	if (p && n && size)
 		memset(p, 0, n * size);
 	return p;
 }
