@@ -159,3 +159,8 @@ def test_security_floor_records_the_verdict_and_tries_the_rules_candidates(model
     assert not m["security"]["met"] and len(tried) == 2 and tried[0]["strategy"] != tried[1]["strategy"]
     assert tried[0]["strategy"] == easy.metrics["strategy"]["name"]      # the rule's own pick goes first
     assert tried[1]["failures"] == ["unreachable floor of this test"] and "NOT met" in m["strategy_selection"]
+    # a strategy the user gives is kept when it misses the floor: its metrics say so, nothing is raised
+    given = protect(model_path, "fashion-mnist", tmp_path / "given", strategy=Strategy.from_dict(easy.metrics["strategy"]),
+                    config=cfg, subset=200, progress=False, security_floor=impossible)
+    assert not given.metrics["security"]["met"] and len(given.metrics["security"]["strategies_tried"]) == 1
+    assert not json.loads((tmp_path / "given" / "metrics.json").read_text())["security"]["met"]

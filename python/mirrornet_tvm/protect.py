@@ -254,33 +254,48 @@ def _protect_with_floor(model_path, dataset, out_dir, floor, floor_candidates, *
         candidates = candidates[:floor_candidates]
     else:                         # a given strategy, or the emulator's single choice
         candidates = [strategy]
-    tried = []
-    for k, s in enumerate(candidates):
-        result = protect(model_path, dataset, out_dir, strategy=s, auto=s is None, tuning=tuning,
-                         budget_bytes=budget_bytes, degradation=degradation, force=force or k > 0,
-                         progress=progress, **kw)
-        name = result.metrics["strategy"]["name"]
-        _say(progress, f"security floor: attacking {name} ({floor.describe()})")
-        report = floor.check(Path(out_dir), dataset, progress=progress)
-        met = floor.met_by(report)
-        tried.append({"strategy": name, "met": met, "failures": [] if met else floor.failures(report)})
+    from .attack.floor import first_secure
+
+    results, checked = [], []   # the ProtectResult of each candidate protected, in order; those attacked
+    started = []                # every candidate protect() was started on
+
+    def protect_one(s):
+        started.append(s)
+        results.append(protect(model_path, dataset, out_dir, strategy=s, auto=s is None, tuning=tuning,
+                               budget_bytes=budget_bytes, degradation=degradation, force=force or bool(results),
+                               progress=progress, **kw))
+        _say(progress, f"security floor: attacking {results[-1].metrics['strategy']['name']} ({floor.describe()})")
+        return Path(out_dir)
+
+    def record(choice):   # the verdict into this candidate's metrics, with every candidate's so far
+        result, met = results[-1], floor.met_by(choice.report)
+        checked.append(result)
+        tried = [{"strategy": r.metrics["strategy"]["name"], "met": floor.met_by(rep),
+                  "failures": [] if floor.met_by(rep) else floor.failures(rep)}
+                 for r, (_, rep) in zip(results, choice.tried)]
         result.metrics["security"] = {"floor": floor.describe(), "met": met, "failures": tried[-1]["failures"],
-                                      "report": report.to_dict(), "strategies_tried": list(tried)}
+                                      "report": choice.report.to_dict(), "strategies_tried": tried}
         if len(candidates) > 1:
             result.metrics["strategy_selection"] += (f"; security floor {'met' if met else 'NOT met'} by "
-                                                     f"candidate {k + 1} of {len(candidates)} in the rule's order")
+                                                     f"candidate {len(results)} of {len(candidates)} in the rule's order")
         write_json(Path(out_dir) / "metrics.json", result.metrics)
-        _say(progress, f"security floor {'met' if met else 'NOT met'} by {name}"
+        _say(progress, f"security floor {'met' if met else 'NOT met'} by {tried[-1]['strategy']}"
                        + ("" if met else f": {tried[-1]['failures'][0]}"))
-        if met:
-            return result
-    if auto and tuning is None:
+
+    try:
+        first_secure(candidates, protect_one, floor, dataset, progress=progress, on_checked=record)
+    except StrategyError:
+        if len(checked) != len(started):   # protect's own error, not the floor's verdict
+            raise
+        if not (auto and tuning is None):   # one strategy, given or emulated: its metrics say NOT met
+            return results[-1]
+        tried = results[-1].metrics["security"]["strategies_tried"]
         raise StrategyError(
             f"none of the {len(tried)} strategies tried meets the security floor ({floor.describe()}): "
             + "; ".join(f"{d['strategy']}: {d['failures'][0]}" for d in tried)
             + f". {out_dir} holds the last one, its metrics say so. Try --floor-candidates N, the adversarial "
-              "degradation objective, or a strategy with a shallower tap (--strategy)")
-    return result
+              "degradation objective, or a strategy with a shallower tap (--strategy)") from None
+    return results[-1]
 
 
 def check_targets(metrics: dict) -> dict:

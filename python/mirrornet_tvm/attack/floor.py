@@ -58,13 +58,20 @@ class SecureChoice:
 
 
 def first_secure(candidates, protect_one, floor: SecurityFloor, dataset: str, *, progress: bool = True,
-                 baseline_cache=None) -> SecureChoice:
-    """Protect with each candidate in turn until one meets ``floor``; StrategyError if none does."""
+                 baseline_cache=None, on_checked=None) -> SecureChoice:
+    """Protect with each candidate in turn until one meets ``floor``; StrategyError if none does.
+
+    ``on_checked(choice)``, if given, is called after each candidate's attack with a :class:`SecureChoice`
+    of that candidate (its ``tried`` holds every candidate so far), met or not: where a caller records
+    each verdict as it comes.
+    """
     tried = []
     for strategy in candidates:
         result = protect_one(strategy)
         report = floor.check(result, dataset, progress=progress, baseline_cache=baseline_cache)
         tried.append((strategy, report))
+        if on_checked is not None:
+            on_checked(SecureChoice(strategy, result, report, tuple(tried)))
         if floor.met_by(report):
             return SecureChoice(strategy, result, report, tuple(tried))
     if not tried:
