@@ -257,7 +257,7 @@ def _protect_with_floor(model_path, dataset, out_dir, floor, floor_candidates, *
     from .attack.floor import first_secure
 
     results, checked = [], []   # the ProtectResult of each candidate protected, in order; those attacked
-    started = []                # every candidate protect() was started on
+    started, attack_t0 = [], []  # every candidate protect() was started on; when each attack began
 
     def protect_one(s):
         started.append(s)
@@ -265,6 +265,7 @@ def _protect_with_floor(model_path, dataset, out_dir, floor, floor_candidates, *
                                budget_bytes=budget_bytes, degradation=degradation, force=force or bool(results),
                                progress=progress, **kw))
         _say(progress, f"security floor: attacking {results[-1].metrics['strategy']['name']} ({floor.describe()})")
+        attack_t0.append(time.perf_counter())
         return Path(out_dir)
 
     def record(choice):   # the verdict into this candidate's metrics, with every candidate's so far
@@ -274,7 +275,8 @@ def _protect_with_floor(model_path, dataset, out_dir, floor, floor_candidates, *
                   "failures": [] if floor.met_by(rep) else floor.failures(rep)}
                  for r, (_, rep) in zip(results, choice.tried)]
         result.metrics["security"] = {"floor": floor.describe(), "met": met, "failures": tried[-1]["failures"],
-                                      "report": choice.report.to_dict(), "strategies_tried": tried}
+                                      "report": choice.report.to_dict(), "strategies_tried": tried,
+                                      "wall_seconds": round(time.perf_counter() - attack_t0[-1], 1)}
         if len(candidates) > 1:
             result.metrics["strategy_selection"] += (f"; security floor {'met' if met else 'NOT met'} by "
                                                      f"candidate {len(results)} of {len(candidates)} in the rule's order")
