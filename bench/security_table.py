@@ -665,8 +665,14 @@ def main(argv=None) -> int:
                             continue
                         say(f"attacking {model} {s.name} at budget {b} with seed {seed}")
                         run_cell(art, b, seed, out, args)
-        if out_of_time():
-            say("time limit reached: the table shows what is done")
+        def unfinished(p):
+            art = art_dir(out, p[0], p[3], p[4])
+            return not (art / "metrics.json").is_file() or any(
+                not cell_path(art, b, seed).is_file() for b in budgets for seed in seeds)
+
+        left = [p for p in work if unfinished(p)]
+        if left and out_of_time():
+            say(f"time limit reached with {len(left)} strategies not done: the table shows what is done")
 
     rows = table_rows(out, plan, budgets, seeds)
     cmd = " ".join(shlex.quote(a) for a in ["bench/security_table.py", *(argv if argv is not None else sys.argv[1:])])
