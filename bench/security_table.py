@@ -69,6 +69,9 @@ RECIPES = (
      "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.5, "distill": 1.0, "epochs": 8}},
     {"model": "lenet", "name": "adv0.2-distill", "label": "adv 0.2 + distillation", "taps": ["b2_relu"],
      "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.2, "distill": 1.0, "epochs": 8}},
+    # VGG's --auto tap and width with the adversarial objective (protect's 16 epochs)
+    {"model": "vgg", "name": "adv0.1-distill", "label": "adv 0.1 + distillation", "taps": ["b2_maxpool"],
+     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.1, "distill": 1.0}},
 )
 
 
@@ -294,8 +297,8 @@ def load_plan(out: Path, models, degradations, sweeps, table_only: bool, only_de
     Kept in OUT/plan.json so a rerun attacks the same strategies even when `--auto` has changed since; the
     current sweep is merged in (new strategies appended), and artifacts already in OUT from earlier runs
     are kept as 'earlier run'. Entries whose model is not in ``models`` are left out of this run. For the
-    models in ``only_default``, only what `mirrornet protect --auto` picks without --degradation is planned
-    (no sweeps, recipes, other objectives or earlier runs). ``base_models``: see :func:`base_model`.
+    models in ``only_default``, only what `mirrornet protect --auto` picks without --degradation and the
+    model's RECIPES are planned (no sweeps, other objectives or earlier runs). ``base_models``: see :func:`base_model`.
     """
     from mirrornet_tvm.strategy import Strategy
     from mirrornet_tvm.util import read_json, write_json
@@ -320,6 +323,13 @@ def load_plan(out: Path, models, degradations, sweeps, table_only: bool, only_de
                 s = auto_default(graph, PROTECT_DEGRADATION)
                 add(model, PROTECT_DEGRADATION, "default (--auto)", s)
                 only[model] = s.name
+            else:
+                continue
+        if model in only_default:      # and the model's RECIPES, which are listed by name
+            for r in RECIPES:
+                if r["model"] == model:
+                    add(model, r["degradation"], "recipe", Strategy(tuple(r["taps"]), r["width"], "add", "logits",
+                                                                    r["degradation"]), dict(r))
             continue
         if not table_only or base.is_file():
             graph = _graph(base if table_only else base_model(out, model, base_models))
@@ -342,7 +352,9 @@ def load_plan(out: Path, models, degradations, sweeps, table_only: bool, only_de
         if e["model"] not in models:
             return False
         if e["model"] in only_default:
-            return (e["degradation"] == PROTECT_DEGRADATION and not e.get("recipe")
+            if e.get("recipe"):
+                return any(r["model"] == e["model"] and r["name"] == e["recipe"]["name"] for r in RECIPES)
+            return (e["degradation"] == PROTECT_DEGRADATION
                     and (e["strategy"]["name"] == only[e["model"]] if e["model"] in only
                          else e["variant"].startswith("default")))
         return e["degradation"] in degradations or bool(e.get("recipe"))
@@ -447,6 +459,28 @@ def _pm(mean, std, scale=100.0, digits=1, unit="%"):
     if mean is None:
         return "-"
     return f"{scale * mean:.{digits}f}" + (f"±{scale * std:.{digits}f}" if std else "") + unit
+
+
+def control_lines(rows) -> list:
+    """Per model and budget, on its default strategy's cells: what a thief gets with nothing stolen, as a
+    multiple of black-box. A linear classifier on the pixels, and a linear probe on the same tap of a randomly
+    initialised network: where these already exceed the 1.05x rule, only tap features worse than random
+    ones can meet it."""
+    lines = []
+    for r in rows:
+        if not r["variant"].startswith("default") or "blackbox" not in r:
+            continue
+        attacks = r.get("attacks") or {}
+        pixels = attacks.get("control:pixels")
+        random_tap = next((v for k, v in attacks.items() if k.startswith("control:random:")), None)
+        if random_tap is None:
+            continue
+        on_pixels = (f"linear on pixels {100 * pixels['accuracy']:.1f}% ({pixels['ratio']:.3f}x)" if pixels
+                     else "linear on pixels not in these cells (made before that control)")
+        lines.append(f"  {r['model']} / {r['objective']} at {r['budget_label']}: black-box {100 * r['blackbox']:.1f}%; "
+                     f"{on_pixels}; linear probe on a random network's {r['taps'][0]} "
+                     f"{100 * random_tap['accuracy']:.1f}% ({random_tap['ratio']:.3f}x)")
+    return lines
 
 
 def table_rows(out: Path, plan, budgets, seeds) -> list:
@@ -594,8 +628,8 @@ def main(argv=None) -> int:
                                       "(the table still shows everything cached)")
     ap.add_argument("--only-default", default="", metavar="MODELS",
                     help="comma-separated models (among --models) for which only what `mirrornet protect --auto` "
-                         f"picks is protected and attacked (objective {PROTECT_DEGRADATION}; no sweeps, recipes or "
-                         "other objectives)")
+                         f"picks is protected and attacked (objective {PROTECT_DEGRADATION}), and the model's RECIPES "
+                         "(no sweeps or other objectives)")
     ap.add_argument("--base-models", type=Path, default=None, metavar="DIR",
                     help="a folder of `mirrornet train-base` outputs (MODEL.onnx + MODEL.onnx.json): a base model "
                          "missing from --out is copied from there when its sidecar records this script's settings "
@@ -691,6 +725,10 @@ def main(argv=None) -> int:
         "Target (default strategy): <= 1.05x black-box at 0.1% and 1%, <= 25% of the gap closed at every budget, "
         "authorized within 1 point of original, CPM < 10% of FLOPs:",
         *target_check(rows),
+        "",
+        "Controls, nothing stolen (on the default strategies' cells; mean over the seeds): a linear classifier on "
+        "the pixels, and a linear probe on the same tap of a randomly initialised network of the same architecture:",
+        *control_lines(rows),
     ])
     print(text)
     out.mkdir(parents=True, exist_ok=True)

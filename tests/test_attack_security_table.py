@@ -26,7 +26,7 @@ def _row(budget, ratio, gap, authorized=0.905, flop_share=0.05, variant="recipe"
 
 
 def test_recipes_are_valid_strategies_with_their_own_folders(st, tmp_path):
-    names = [r["name"] for r in st.RECIPES]
+    names = [(r["model"], r["name"]) for r in st.RECIPES]   # a name may recur on another model (same recipe)
     assert len(set(names)) == len(names)
     for r in st.RECIPES:
         s = Strategy(tuple(r["taps"]), r["width"], "add", "logits", r["degradation"])
@@ -193,6 +193,7 @@ def test_artifact_step_takes_a_reusable_artifact_without_training(st, tmp_path, 
 
 def test_only_default_plans_just_the_auto_pick(st, tmp_path, monkeypatch):
     s_uni = Strategy(("b2_maxpool",), 0.25, "add", "logits", "uniform")
+    monkeypatch.setattr(st, "RECIPES", ())
     monkeypatch.setattr(st, "_graph", lambda base: "graph")
     monkeypatch.setattr(st, "auto_default", lambda graph, d: s_uni.replace(degradation=d))
     monkeypatch.setattr(st, "sweep", lambda graph, d, sweeps: [("default (--auto)", s_uni.replace(degradation=d)),
@@ -213,6 +214,13 @@ def test_only_default_plans_just_the_auto_pick(st, tmp_path, monkeypatch):
     # and with it again, the plan kept in OUT/plan.json does not bring those back
     plan = st.load_plan(tmp_path, ("vgg",), st.DEGRADATIONS, ("taps",), False, ("vgg",))
     assert [s.name for _, _, _, s, _ in plan] == [s_uni.name]
+    # a recipe listed for the model is planned beside its default (and one for another model is not)
+    recipe = {"model": "vgg", "name": "adv0.1", "label": "adv 0.1", "taps": ["b2_maxpool"], "width": 0.25,
+              "degradation": "adversarial", "config": {"adv": 0.1}}
+    monkeypatch.setattr(st, "RECIPES", (recipe, dict(recipe, model="resnet", name="other")))
+    plan = st.load_plan(tmp_path, ("vgg",), st.DEGRADATIONS, ("taps",), False, ("vgg",))
+    assert [(v, s.name, r and r["name"]) for _, _, v, s, r in plan] == [
+        ("default (--auto)", s_uni.name, None), ("recipe", s_uni.replace(degradation="adversarial").name, "adv0.1")]
 
 
 def test_only_default_must_name_planned_models(st, tmp_path):
