@@ -313,29 +313,21 @@ def load_plan(out: Path, models, degradations, sweeps, table_only: bool, only_de
     only = {}        # model -> the name of its --auto default, for the models in only_default
     for model in models:
         base = out / "models" / f"{model}.onnx"
-        if model in only_default:
-            if not table_only or base.is_file():
-                graph = _graph(base if table_only else base_model(out, model, base_models))
+        if not table_only or base.is_file():
+            graph = _graph(base if table_only else base_model(out, model, base_models))
+            if model in only_default:
                 s = auto_default(graph, PROTECT_DEGRADATION)
                 add(model, PROTECT_DEGRADATION, "default (--auto)", s)
                 only[model] = s.name
             else:
-                continue
-        if model in only_default:      # and the model's RECIPES, which are listed by name
-            for r in RECIPES:
+                for d in degradations:
+                    for variant, s in sweep(graph, d, sweeps):
+                        add(model, d, variant, s)
+            for r in RECIPES:      # listed by name, so planned for --only-default models too
                 if r["model"] == model:
-                    add(model, r["degradation"], "recipe", Strategy(tuple(r["taps"]), r["width"], "add", "logits",
-                                                                    r["degradation"]), dict(r))
+                    add(model, r["degradation"], "recipe", recipe_strategy(r), dict(r))
+        if model in only_default:
             continue
-        if not table_only or base.is_file():
-            graph = _graph(base if table_only else base_model(out, model, base_models))
-            for d in degradations:
-                for variant, s in sweep(graph, d, sweeps):
-                    add(model, d, variant, s)
-            for r in RECIPES:
-                if r["model"] == model:
-                    s = Strategy(tuple(r["taps"]), r["width"], "add", "logits", r["degradation"])
-                    add(model, r["degradation"], "recipe", s, dict(r))
         for sfile in sorted((out / "artifacts" / model).glob("*/strategy.json")):
             s = Strategy.load(sfile)
             if sfile.parent.name == s.name:      # recipe folders are listed by RECIPES
@@ -368,6 +360,13 @@ def current_defaults(out: Path, models, degradations) -> set:
             graph = _graph(base)
             found |= {(model, auto_default(graph, d).name) for d in degradations}
     return found
+
+
+def recipe_strategy(recipe):
+    """The Strategy of a RECIPES entry (its taps, width and objective; add merge, logits output)."""
+    from mirrornet_tvm.strategy import Strategy
+
+    return Strategy(tuple(recipe["taps"]), recipe["width"], "add", "logits", recipe["degradation"])
 
 
 def art_dir(out: Path, model: str, strategy, recipe=None) -> Path:

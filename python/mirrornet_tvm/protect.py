@@ -257,10 +257,9 @@ def _protect_with_floor(model_path, dataset, out_dir, floor, floor_candidates, *
     from .attack.floor import first_secure
 
     results, checked = [], []   # the ProtectResult of each candidate protected, in order; those attacked
-    started, attack_t0 = [], []  # every candidate protect() was started on; when each attack began
+    attack_t0 = []              # when each candidate's attack began
 
     def protect_one(s):
-        started.append(s)
         results.append(protect(model_path, dataset, out_dir, strategy=s, auto=s is None, tuning=tuning,
                                budget_bytes=budget_bytes, degradation=degradation, force=force or bool(results),
                                progress=progress, **kw))
@@ -287,7 +286,7 @@ def _protect_with_floor(model_path, dataset, out_dir, floor, floor_candidates, *
     try:
         first_secure(candidates, protect_one, floor, dataset, progress=progress, on_checked=record)
     except StrategyError:
-        if len(checked) != len(started):   # protect's own error, not the floor's verdict
+        if len(checked) != len(candidates):   # protect's own error: the floor's verdict comes after them all
             raise
         if not (auto and tuning is None):   # one strategy, given or emulated: its metrics say NOT met
             return results[-1]

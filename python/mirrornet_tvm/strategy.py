@@ -28,15 +28,16 @@ OUTPUTS = ("logits", "correction")
 DEGRADATIONS = ("uniform", "adversarial", "fewshot")   # fewshot: mirrornet_tvm.degradation
 ENUMERATED_DEGRADATIONS = ("uniform", "adversarial")   # what generate_strategies enumerates by default
 
+DEFAULT_BUDGET_BYTES = 1 << 20
+FLOAT_BYTES = 4
+
+_FIELDS = ("taps", "width_ratio", "merge", "output", "degradation", "name")
+
 
 def degradations_with(degradation: str | None) -> tuple:
     """The objectives ``generate_strategies`` enumerates by default, plus ``degradation`` if it is not one of
     them (so that `--auto --degradation fewshot` has candidates)."""
     return tuple(dict.fromkeys((*ENUMERATED_DEGRADATIONS, *((degradation,) if degradation else ()))))
-DEFAULT_BUDGET_BYTES = 1 << 20
-FLOAT_BYTES = 4
-
-_FIELDS = ("taps", "width_ratio", "merge", "output", "degradation", "name")
 
 
 def _ratio_label(ratio: float) -> str:
