@@ -226,3 +226,33 @@ def test_only_default_plans_just_the_auto_pick(st, tmp_path, monkeypatch):
 def test_only_default_must_name_planned_models(st, tmp_path):
     with pytest.raises(SystemExit):
         st.main(["--models", "lenet", "--only-default", "vgg", "--table-only", "--out", str(tmp_path)])
+
+
+def test_a_recipe_is_also_attacked_and_shown_at_its_extra_budgets(st, tmp_path, monkeypatch):
+    assert st.budgets_of(None, (0.01, 0.001)) == (0.001, 0.01)
+    assert st.budgets_of({"extra_budgets": [0.1, 0.01]}, (0.001, 0.01)) == (0.001, 0.01, 0.1)
+    s = Strategy(("b1_maxpool",), 0.25, "add", "logits", "adversarial")
+    recipe = {"model": "lenet", "name": "r1", "label": "+ r1", "taps": ["b1_maxpool"], "width": 0.25,
+              "degradation": "adversarial", "config": {"adv": 0.1}, "extra_budgets": (0.1,)}
+    plan = []
+    for r in (None, recipe):
+        art = st.art_dir(tmp_path, "lenet", s, r)
+        art.mkdir(parents=True)
+        (art / "metrics.json").write_text(json.dumps({
+            "cpm": {"flop_share": 0.05}, "secure_memory": {"total": 50000},
+            "accuracy": {"original": 0.91, "authorized": 0.9, "illegal": 0.1}}))
+        plan.append(("lenet", "adversarial", "recipe" if r else "default (--auto)", s, r))
+    rows = st.table_rows(tmp_path, plan, (0.001,), (0,))
+    assert [(r["variant"], r["budget_label"]) for r in rows] == [
+        ("default (--auto)", "0.1%"), ("recipe", "0.1%"), ("recipe", "10%")]
+    # a plan kept in OUT from before the recipe had extra budgets takes them from RECIPES
+    monkeypatch.setattr(st, "RECIPES", (recipe,))
+    monkeypatch.setattr(st, "_graph", lambda base: "graph")
+    monkeypatch.setattr(st, "base_model", lambda out, model, reuse=None: out)
+    stale = {k: v for k, v in recipe.items() if k != "extra_budgets"}
+    (tmp_path / "plan.json").write_text(json.dumps({"entries": [
+        {"model": "lenet", "degradation": "adversarial", "variant": "recipe", "strategy": s.to_dict(),
+         "recipe": stale}]}))
+    monkeypatch.setattr(st, "auto_default", lambda graph, d: s.replace(degradation=d))
+    plan = st.load_plan(tmp_path, ("lenet",), st.DEGRADATIONS, (), False, ("lenet",))
+    assert [list(r["extra_budgets"]) for *_, r in plan if r] == [[0.1]]
