@@ -151,6 +151,42 @@ def test_probe_trains_only_its_head(artifact):
     assert not torch.equal(head, probe.head.weight)
 
 
+def test_a_failed_retrain_leaves_the_thief_its_validated_model(monkeypatch):
+    from mirrornet_tvm.attack import attacks
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)                  # separable: any sane training fits it
+    fit_xy, val_xy, all_xy = (x[:80], y[:80]), (x[80:], y[80:]), (x, y)
+    spec = attacks.TrainSpec(lrs=(1e-2, 3e-2), epochs=20, batch_size=16, seed=0)
+    start = torch.nn.Linear(4, 2)
+    ok = attacks.train_with_lr_search(start, fit_xy, val_xy, all_xy, spec)
+    assert ok.retrained and max(ok.val_accuracy.values()) >= 0.9
+
+    real_train = attacks.train
+
+    def collapsing(model, xs, ys, *a, **k):             # the retrain on the whole budget ends on one class
+        done = real_train(model, xs, ys, *a, **k)
+        if len(xs) == len(x):
+            with torch.no_grad():
+                model.weight.zero_()
+                model.bias.copy_(torch.tensor([5.0, 0.0]))
+        return done
+
+    monkeypatch.setattr(attacks, "train", collapsing)
+    kept = attacks.train_with_lr_search(start, fit_xy, val_xy, all_xy, spec)
+    assert not kept.retrained and kept.lr == ok.lr
+    scores = attacks._val_scores(kept.model, *val_xy)[0]
+    assert scores == kept.val_accuracy[kept.lr] >= 0.9   # the model it validated, not the collapsed one
+    # a retrain that diverges is handled the same way; every rate diverging is an error naming the fix
+    monkeypatch.setattr(attacks, "train",
+                        lambda model, xs, *a, **k: len(xs) != len(x) and real_train(model, xs, *a, **k))
+    assert not attacks.train_with_lr_search(start, fit_xy, val_xy, all_xy, spec).retrained
+    monkeypatch.setattr(attacks, "train", lambda *a, **k: False)
+    with pytest.raises(Exception, match="diverged at every learning rate.*smaller --lrs"):
+        attacks.train_with_lr_search(start, fit_xy, val_xy, all_xy, spec)
+
+
 # --------------------------------------------------------------------------------------------------
 # The thief's data
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ Controls (optional, not judged by the rule; they say what a probe's result is ma
 Every attack is trained the same way (:func:`train_with_lr_search`): for each learning rate, train on
 the fit part of the budget and score the held-out part; take the best held-out accuracy (ties: lower
 held-out loss, then the earlier rate); retrain from the same starting point on the whole budget with that
-rate. Training (:func:`train`) follows :func:`mirrornet_tvm.training_base.fit`: Adam with weight decay
+rate. The thief then holds two models trained at that rate and keeps the retrained one unless it diverged
+or scores lower on the whole budget than the validated one (Adam at the largest rate can collapse a network
+to one class on one sample order and not on another; a thief sees that on its own data). Training (:func:`train`) follows :func:`mirrornet_tvm.training_base.fit`: Adam with weight decay
 1e-4, a cosine decay of the learning rate to zero, the sample order drawn from a generator seeded with the
 seed. (``fit`` itself cannot train a GraphNet: it calls ``Module.to``, which GraphNet's own ``_apply``
 shadows.) A learning rate whose training diverges scores zero on the held-out part.
@@ -64,6 +66,7 @@ class Trained:
     val_accuracy: dict     # lr -> held-out accuracy
     val_loss: dict         # lr -> held-out cross-entropy
     seconds: float
+    retrained: bool = True  # False: the retrain on the whole budget fell below ``model``, the validated one
 
 
 class TapProbe(torch.nn.Module):
@@ -159,20 +162,24 @@ def train_with_lr_search(start: torch.nn.Module, fit_xy, val_xy, all_xy, spec: T
     ``start`` is never modified. ``on_step()`` is called after each of the ``len(lrs) + 1`` trainings.
     """
     t0 = time.perf_counter()
-    val_acc, val_loss = {}, {}
+    val_acc, val_loss, fitted = {}, {}, {}
     for lr in spec.lrs:
         m = copy.deepcopy(start)
         if train(m, fit_xy[0], fit_xy[1], spec.epochs, lr, spec.batch_size, spec.seed):
             val_acc[lr], val_loss[lr] = _val_scores(m, *val_xy)
+            fitted[lr] = m
         else:
             val_acc[lr], val_loss[lr] = 0.0, math.inf
         if on_step:
             on_step()
+    if not fitted:
+        raise MirrorNetError(f"training diverged at every learning rate ({', '.join(f'{lr:g}' for lr in spec.lrs)}); "
+                             "give smaller --lrs")
     best = min(spec.lrs, key=lambda lr: (-val_acc[lr], val_loss[lr], spec.lrs.index(lr)))
     final = copy.deepcopy(start)
-    if not train(final, all_xy[0], all_xy[1], spec.epochs, best, spec.batch_size, spec.seed):
-        raise MirrorNetError(f"training diverged at learning rate {best:g} on the whole budget after it trained "
-                             "stably on the held-out split; give smaller --lrs")
+    ok = train(final, all_xy[0], all_xy[1], spec.epochs, best, spec.batch_size, spec.seed)
     if on_step:
         on_step()
-    return Trained(final, best, val_acc, val_loss, time.perf_counter() - t0)
+    if ok and _val_scores(final, *all_xy)[0] >= _val_scores(fitted[best], *all_xy)[0]:
+        return Trained(final, best, val_acc, val_loss, time.perf_counter() - t0)
+    return Trained(fitted[best], best, val_acc, val_loss, time.perf_counter() - t0, retrained=False)

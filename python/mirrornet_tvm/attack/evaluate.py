@@ -210,13 +210,15 @@ def evaluate(victim: Victim, dataset: str, config: AttackConfig = AttackConfig()
                     trained = train_with_lr_search(start, fit_xy, val_xy, all_xy, spec, on_step=lambda: bar.update(1))
                     run = AttackRun(a, float(b), samples[b], int(s), accuracy_of(trained.model, x_test, y_test),
                                     trained.lr, {repr(lr): v for lr, v in trained.val_accuracy.items()},
-                                    epochs[b], round(trained.seconds, 2))
+                                    epochs[b], round(trained.seconds, 2), trained.retrained)
                     runs.append(run)
                     if a in unprotected:
                         cache.put(run)
                     if progress:
                         tqdm.write(f"{budget_label(b)} ({samples[b]} samples) seed {s}: {a} {run.accuracy:.2%} "
-                                   f"(lr {run.lr:g}, {run.seconds:.0f} s)", file=sys.stderr)
+                                   f"(lr {run.lr:g}, {run.seconds:.0f} s"
+                                   + ("" if trained.retrained else "; the retrain on the whole budget fell "
+                                      "below the validated model, which is kept") + ")", file=sys.stderr)
     finally:
         bar.close()
 
@@ -232,7 +234,8 @@ def evaluate(victim: Victim, dataset: str, config: AttackConfig = AttackConfig()
         "protocol": dict(config.to_dict(), epochs_per_budget={budget_label(b): epochs[b] for b in config.budgets},
                          lr_selection=f"per attack, the learning rate with the best accuracy on a held-out "
                                       f"{config.val_fraction:.0%} of the thief's own budget (never the test "
-                                      "split), then retrained on the whole budget",
+                                      "split), then retrained on the whole budget (kept unless it diverges or "
+                                      "scores lower on the whole budget than the validated model)",
                          attacks=attacks),
         "thief_samples": {budget_label(b): {str(s): {"samples": splits[(b, s)].samples,
                                                      "fit": int(len(splits[(b, s)].fit)),

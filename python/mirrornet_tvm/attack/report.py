@@ -40,6 +40,8 @@ class AttackRun:
     val_accuracy: dict = field(default_factory=dict, hash=False)   # str(lr) -> held-out accuracy
     epochs: int | None = None
     seconds: float = 0.0
+    retrained: bool | None = None   # False: the retrain on the whole budget fell below the validated model,
+                                    # which was kept (mirrornet_tvm.attack.attacks); None: not recorded
 
     def to_dict(self) -> dict:
         return asdict(self)
