@@ -75,7 +75,7 @@ def expected_run(base: Path, config: str, args, deep_file: Path) -> tuple[dict, 
         strategy = Strategy.load(deep_strategy(base, deep_file)).replace(degradation=degradation)
     kw = {"seed": args.seed} | ({"epochs": args.epochs} if args.epochs else {})
     as_json = lambda d: json.loads(json.dumps(d))  # noqa: E731 - compare as the metrics file holds them
-    return as_json(strategy.to_dict()), as_json(JointConfig(**kw).to_dict())
+    return as_json(strategy.to_dict()), as_json(JointConfig.for_degradation(degradation, **kw).to_dict())
 
 
 def stale_reason(art: Path, model: str, base: Path, config: str, args) -> str | None:

@@ -61,7 +61,8 @@ TARGET = {"ratio": 1.05, "ratio_budgets": (0.001, 0.01), "gap": 0.25, "authorize
 # at 0.1% and 1%, to see whether they close at most a quarter of the gap at 10% too).
 RECIPES = (
     {"model": "lenet", "name": "adv0.1-distill", "label": "adv 0.1 + distillation", "taps": ["b1_maxpool"],
-     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.1, "distill": 1.0}, "extra_budgets": (0.1,)},
+     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.1, "distill": 1.0, "epochs": 16},
+     "extra_budgets": (0.1,)},
     {"model": "lenet", "name": "adv0.05-distill", "label": "adv 0.05 + distillation", "taps": ["b1_maxpool"],
      "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.05, "distill": 1.0, "epochs": 8}},
     {"model": "lenet", "name": "adv0.07-distill", "label": "adv 0.07 + distillation", "taps": ["b1_maxpool"],
@@ -72,16 +73,25 @@ RECIPES = (
      "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.2, "distill": 1.0, "epochs": 8}},
     # VGG's and ResNet's --auto tap and width with the adversarial objective (protect's 16 epochs)
     {"model": "vgg", "name": "adv0.1-distill", "label": "adv 0.1 + distillation", "taps": ["b2_maxpool"],
-     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.1, "distill": 1.0}},
+     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.1, "distill": 1.0, "epochs": 16}},
     {"model": "resnet", "name": "adv0.1-distill", "label": "adv 0.1 + distillation", "taps": ["b3_add"],
-     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.1, "distill": 1.0}, "extra_budgets": (0.1,)},
+     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.1, "distill": 1.0, "epochs": 16},
+     "extra_budgets": (0.1,)},
     # ResNet's adv 0.1 recipe is secure at both budgets 1.42 points below the original: a longer training,
     # and a weaker thief term
     {"model": "resnet", "name": "adv0.1-distill-24ep", "label": "adv 0.1 + distillation, 24 epochs",
      "taps": ["b3_add"], "width": 0.25, "degradation": "adversarial",
      "config": {"adv": 0.1, "distill": 1.0, "epochs": 24}, "extra_budgets": (0.1,)},
     {"model": "resnet", "name": "adv0.07-distill", "label": "adv 0.07 + distillation", "taps": ["b3_add"],
-     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.07, "distill": 1.0}, "extra_budgets": (0.1,)},
+     "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.07, "distill": 1.0, "epochs": 16},
+     "extra_budgets": (0.1,)},
+    # both changes together, and a weaker thief term still (at the --auto width, within 5% of FLOPs)
+    {"model": "resnet", "name": "adv0.07-distill-24ep", "label": "adv 0.07 + distillation, 24 epochs",
+     "taps": ["b3_add"], "width": 0.25, "degradation": "adversarial",
+     "config": {"adv": 0.07, "distill": 1.0, "epochs": 24}, "extra_budgets": (0.1,)},
+    {"model": "resnet", "name": "adv0.05-distill-24ep", "label": "adv 0.05 + distillation, 24 epochs",
+     "taps": ["b3_add"], "width": 0.25, "degradation": "adversarial",
+     "config": {"adv": 0.05, "distill": 1.0, "epochs": 24}, "extra_budgets": (0.1,)},
     # the 1/4-wide CPM underfits (91.7% on the training split after 24 epochs, where the uniform objective's
     # reaches 92.0% after 16): the same tap with a 1/2-wide CPM, 8.6% of FLOPs
     {"model": "resnet", "name": "wide-adv0.1-distill-24ep", "label": "adv 0.1 + distillation, 24 epochs",
@@ -378,6 +388,35 @@ def current_defaults(out: Path, models, degradations) -> set:
     return found
 
 
+def default_config(degradation: str, protect_epochs=None, **settings):
+    """The training config, as metrics.json records it, of `mirrornet protect` with ``settings`` (seed 0)."""
+    from mirrornet_tvm.training import JointConfig
+
+    settings = dict(settings, **({"epochs": protect_epochs} if protect_epochs else {}))
+    return JointConfig.for_degradation(degradation, seed=0, **settings).to_dict()
+
+
+def variant_label(out: Path, model: str, degradation: str, variant: str, strategy, recipe, defaults,
+                  protect_epochs=None) -> str:
+    """A plan entry's variant as the table shows it. 'default (--auto)' only for what `mirrornet protect --auto
+    --degradation D` makes now: the strategy --auto picks (``defaults``: (model, strategy name)) trained with
+    protect's defaults for D. A recipe that is exactly that counts as the default; an artifact of the pick
+    trained with earlier defaults does not."""
+    picked = (model, strategy.name) in defaults
+    if recipe is not None:
+        same = default_config(degradation, protect_epochs, **recipe["config"]) == default_config(degradation,
+                                                                                               protect_epochs)
+        return "default (--auto)" if picked and same else variant
+    if not picked:
+        return "earlier --auto pick" if variant.startswith("default") else variant
+    metrics = art_dir(out, model, strategy) / "metrics.json"
+    if metrics.is_file():
+        recorded = json.loads(metrics.read_text()).get("training", {}).get("config")
+        if recorded != default_config(degradation, protect_epochs):
+            return "--auto pick, earlier training defaults"
+    return "default (--auto)"
+
+
 def recipe_strategy(recipe):
     """The Strategy of a RECIPES entry (its taps, width and objective; add merge, logits output)."""
     from mirrornet_tvm.strategy import Strategy
@@ -406,14 +445,14 @@ def artifact(out: Path, model: str, base: Path, strategy, args, recipe=None) -> 
     overrides = dict(recipe["config"]) if recipe else {}
     if args.protect_epochs:
         overrides["epochs"] = args.protect_epochs
+    config = JointConfig.for_degradation(strategy.degradation, seed=0, **overrides)
     if args.reuse_artifacts is not None and reuse_artifact(args.reuse_artifacts, art, base, strategy,
-                                                           JointConfig(seed=0, **overrides), args.protect_subset):
+                                                           config, args.protect_subset):
         return art
     cmd = (f"mirrornet protect {base} --dataset {DATASET} --strategy <{strategy.name}> --seed 0"
            + (_recipe_flags({"config": overrides}) if overrides else "")
            + (f" --subset {args.protect_subset}" if args.protect_subset else ""))
     say(f"protecting {model} with {strategy.name}{' (' + recipe['name'] + ')' if recipe else ''}: {cmd}")
-    config = JointConfig(seed=0, **overrides)
     protect(base, DATASET, art, strategy=strategy, config=config, subset=args.protect_subset,
             resume=(art / "checkpoint.pt").is_file(), command=cmd + "  (from bench/security_table.py)")
     return art
@@ -685,8 +724,7 @@ def main(argv=None) -> int:
     # The plan: (model, degradation, variant, strategy), kept in OUT/plan.json; what --auto picks now goes first.
     plan = load_plan(out, models, degradations, sweeps, args.table_only, only_default, args.base_models)
     defaults = current_defaults(out, models, degradations)
-    plan = [(m, d, "default (--auto)" if (m, s.name) in defaults and r is None else
-             ("earlier --auto pick" if v.startswith("default") else v), s, r) for m, d, v, s, r in plan]
+    plan = [(m, d, variant_label(out, m, d, v, s, r, defaults, args.protect_epochs), s, r) for m, d, v, s, r in plan]
 
     if not args.table_only:
         # The current defaults first (protect, then attack, seed by seed, small budgets first), then the

@@ -256,3 +256,32 @@ def test_a_recipe_is_also_attacked_and_shown_at_its_extra_budgets(st, tmp_path, 
     monkeypatch.setattr(st, "auto_default", lambda graph, d: s.replace(degradation=d))
     plan = st.load_plan(tmp_path, ("lenet",), st.DEGRADATIONS, (), False, ("lenet",))
     assert [list(r["extra_budgets"]) for *_, r in plan if r] == [[0.1]]
+
+
+def test_only_protects_current_defaults_count_as_the_default(st, tmp_path):
+    from mirrornet_tvm.training import OBJECTIVE_DEFAULTS
+
+    s = Strategy(("b3_add",), 0.25, "add", "logits", "adversarial")
+    defaults = {("resnet", s.name)}
+    adv = dict(OBJECTIVE_DEFAULTS["adversarial"])
+    same = {"name": "r", "config": adv}
+    other = {"name": "r2", "config": dict(adv, epochs=adv["epochs"] + 1)}
+    assert st.variant_label(tmp_path, "resnet", "adversarial", "recipe", s, same, defaults) == "default (--auto)"
+    assert st.variant_label(tmp_path, "resnet", "adversarial", "recipe", s, other, defaults) == "recipe"
+    assert st.variant_label(tmp_path, "resnet", "adversarial", "recipe", s, same, set()) == "recipe"
+    # --protect-epochs trains recipes and defaults alike for that long: a recipe differing only in epochs is then
+    # the default
+    assert st.variant_label(tmp_path, "resnet", "adversarial", "recipe", s, other, defaults, 3) == "default (--auto)"
+    # a plain entry of the pick: default until its artifact records other settings
+    assert st.variant_label(tmp_path, "resnet", "adversarial", "default (--auto)", s, None, defaults) == \
+        "default (--auto)"
+    art = st.art_dir(tmp_path, "resnet", s)
+    art.mkdir(parents=True)
+    (art / "metrics.json").write_text(json.dumps({"training": {"config": st.default_config("adversarial")}}))
+    assert st.variant_label(tmp_path, "resnet", "adversarial", "default (--auto)", s, None, defaults) == \
+        "default (--auto)"
+    (art / "metrics.json").write_text(json.dumps({"training": {"config": st.default_config("uniform")}}))
+    assert st.variant_label(tmp_path, "resnet", "adversarial", "default (--auto)", s, None, defaults) == \
+        "--auto pick, earlier training defaults"
+    assert st.variant_label(tmp_path, "resnet", "adversarial", "default (--auto)", s, None, set()) == \
+        "earlier --auto pick"

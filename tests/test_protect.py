@@ -88,6 +88,36 @@ def test_protect_auto_says_how_it_chose(model_path, tmp_path, capsys):
     assert "no performance emulator" in stdout
 
 
+def test_training_defaults_follow_the_strategys_objective(model_path, tmp_path, capsys, monkeypatch):
+    import mirrornet_tvm.protect as protect_mod
+    from mirrornet_tvm.errors import UsageError
+    from mirrornet_tvm.training import OBJECTIVE_DEFAULTS, JointConfig
+
+    adv = OBJECTIVE_DEFAULTS["adversarial"]
+    assert protect_mod.training_config(None, "uniform") == JointConfig()
+    resolved = protect_mod.training_config({"seed": 3}, "adversarial")
+    assert resolved == JointConfig(seed=3, **adv) and resolved != JointConfig(seed=3)
+    assert protect_mod.training_config({"epochs": 2}, "adversarial").epochs == 2      # a given setting wins
+    given = JointConfig(epochs=5)
+    assert protect_mod.training_config(given, "adversarial") is given                 # a whole config as is
+    with pytest.raises(UsageError, match="unknown training settings epoch; known: .*epochs"):
+        protect_mod.training_config({"epoch": 2}, "uniform")
+    with pytest.raises(UsageError, match="JointConfig, a dict"):
+        protect_mod.training_config(3, "uniform")
+    # the command line leaves unset settings to the objective: what reaches protect() is a dict without them
+    seen = []
+    monkeypatch.setattr(protect_mod, "protect", lambda *a, **k: seen.append(k["config"]) or (_ for _ in ()).throw(
+        UsageError("stop here")))
+    for extra in ([], ["--epochs", "3", "--distill", "0"]):
+        _run(["protect", str(model_path), "--dataset", "fashion-mnist", "--auto", "--degradation", "adversarial",
+              "-q", "-o", str(tmp_path / "o")] + extra, capsys)
+    assert "epochs" not in seen[0] and "distill" not in seen[0] and "adv" not in seen[0]
+    assert seen[1]["epochs"] == 3 and seen[1]["distill"] == 0
+    assert protect_mod.training_config(seen[0], "adversarial").epochs == adv["epochs"]
+    code, stdout, _ = _run(["protect", "--help"], capsys)
+    assert f"adversarial: {adv['epochs']}" in " ".join(stdout.split())
+
+
 @pytest.mark.parametrize("extra, words", [
     ([], "exactly one of --strategy FILE or --auto"),
     (["--auto", "--strategy", "x.json"], "exactly one of"),

@@ -12,6 +12,7 @@ checked against PyTorch in onnxruntime on test images before the artifact is dec
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -140,8 +141,21 @@ def _onnx_check(path, net: MirrorNet, x) -> tuple[float, float]:
     return worst, worst_rel
 
 
+def training_config(config: JointConfig | dict | None, degradation: str) -> JointConfig:
+    """``config`` as given, or the defaults of ``degradation`` with the settings of a dict over them."""
+    if isinstance(config, JointConfig):
+        return config
+    if config is not None and not isinstance(config, dict):
+        raise UsageError(f"config must be a JointConfig, a dict of its settings or None, got {type(config).__name__}")
+    known = {f.name for f in dataclasses.fields(JointConfig)}
+    unknown = sorted(set(config or {}) - known)
+    if unknown:
+        raise UsageError(f"unknown training settings {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return JointConfig.for_degradation(degradation, **(config or {}))
+
+
 def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = False,
-            config: JointConfig = JointConfig(), subset: int | None = None,
+            config: JointConfig | dict | None = None, subset: int | None = None,
             budget_bytes: int = DEFAULT_BUDGET_BYTES, degradation: str | None = None, tuning=None,
             resume: bool = False, force: bool = False, threads: int | None = None,
             progress: bool = True, command: str | None = None, security_floor=None,
@@ -153,6 +167,9 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
     ``auto``, the candidates of the ``--auto`` rule are tried in its order (at most ``floor_candidates``)
     until one meets the floor; :class:`StrategyError` when none does (the artifact then holds the last
     one tried, its metrics saying so). With a given strategy, a miss is recorded, not raised.
+
+    ``config``: a :class:`JointConfig` is used as given; a dict (or None) holds settings over the defaults of
+    the chosen strategy's degradation objective (:meth:`JointConfig.for_degradation`).
     """
     if security_floor is not None:
         return _protect_with_floor(model_path, dataset, out_dir, security_floor, floor_candidates,
@@ -177,6 +194,7 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
                              progress=progress)
     s, how = choice.strategy, choice.how
     cost = cpm_cost(s, original)   # validates the taps against the model
+    config = training_config(config, s.degradation)
     if progress:
         _say(True, f"strategy {s.name}: {how}")
         _say(True, f"CPM: {cost.flop_share:.2%} of the model's FLOPs, {cost.param_share:.2%} of its parameters, "

@@ -2,9 +2,15 @@
 import click
 
 from ..strategy import DEGRADATIONS
-from ..training import TAILS, JointConfig
+from ..training import OBJECTIVE_DEFAULTS, TAILS, JointConfig
 
 _D = JointConfig()
+
+
+def _per_objective(name: str) -> str:
+    """'[default: 16; adversarial: 24]': the class default and the objectives that change it."""
+    others = "".join(f"; {d}: {v[name]:g}" for d, v in OBJECTIVE_DEFAULTS.items() if name in v)
+    return f"[default: {getattr(_D, name):g}{others}]"
 
 
 def _command_line() -> str:
@@ -37,7 +43,7 @@ def _command_line() -> str:
                    "the strategies the --auto rule accepts.")
 @click.option("--degradation", type=click.Choice(DEGRADATIONS), default=None,
               help="Override the strategy's backbone-degradation objective.")
-@click.option("--epochs", type=int, default=_D.epochs, show_default=True, help="Joint-training epochs.")
+@click.option("--epochs", type=int, default=None, help=f"Joint-training epochs {_per_objective('epochs')}.")
 @click.option("--subset", type=int, default=None, help="Train on a stratified subset of N training images.")
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
 @click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
@@ -46,11 +52,12 @@ def _command_line() -> str:
               help="Backbone learning rate (default: frozen for uniform with --tail reinit, else 5e-4).")
 @click.option("--lam", type=float, default=_D.lam, show_default=True,
               help="Weight of the backbone's uniform-prediction term.")
-@click.option("--adv", type=float, default=_D.adv, show_default=True,
+@click.option("--adv", type=float, default=None,
               help="Weight of the simulated thief's term: the linear tap attacker (degradation adversarial) "
-                   "or the few-shot thief of mirrornet_tvm.degradation (degradation fewshot).")
-@click.option("--distill", type=float, default=_D.distill, show_default=True,
-              help="Weight of distillation from the original model into the rectified output.")
+                   f"or the few-shot thief of mirrornet_tvm.degradation (degradation fewshot) {_per_objective('adv')}.")
+@click.option("--distill", type=float, default=None,
+              help="Weight of distillation from the original model into the rectified output "
+                   f"{_per_objective('distill')}.")
 @click.option("--tail", type=click.Choice(TAILS), default=_D.tail, show_default=True,
               help="Backbone layers after the last tap: re-initialise and freeze, or train.")
 @click.option("--budget-kib", type=int, default=1024, show_default=True,
@@ -77,8 +84,9 @@ def protect(model, dataset, strategy_file, auto, tuning_dir, degradation, epochs
 
     if budget_kib < 1:
         raise UsageError(f"--budget-kib must be positive, got {budget_kib}")
-    config = JointConfig(epochs=epochs, batch_size=batch_size, lr_cpm=lr_cpm, lr_backbone=lr_backbone,
-                         lam=lam, adv=adv, distill=distill, tail=tail, seed=seed)
+    given = dict(epochs=epochs, adv=adv, distill=distill)     # unset: the strategy's objective's default
+    config = dict({k: v for k, v in given.items() if v is not None}, batch_size=batch_size, lr_cpm=lr_cpm,
+                  lr_backbone=lr_backbone, lam=lam, tail=tail, seed=seed)
     floor = None
     if security_floor is not None:
         from ..attack.floor import SecurityFloor
