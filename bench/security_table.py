@@ -18,6 +18,11 @@ rule, and the CPM's FLOP share and secure memory.
         --variants default,taps --budgets 0.001,0.01 --base-models out/bench/full/work/protect_zoo/base \
         --reuse-artifacts out/bench/full/work/protect_zoo
 
+'default (--auto)' marks only what `mirrornet protect --auto --degradation D` makes now: the strategy --auto
+picks for D, trained with protect's defaults for D (mirrornet_tvm.training.OBJECTIVE_DEFAULTS). A recipe that
+is exactly that counts as the default; an artifact of the pick trained under earlier defaults is shown as such
+and does not. Recipes may carry extra budgets (RECIPES' "extra_budgets"), at which they are also attacked.
+
 Reuse: joint training of the larger zoo models takes most of an hour each on one core, so base models
 (--base-models DIR) and artifacts (--reuse-artifacts DIR) made elsewhere are copied into --out when, and
 only when, they record exactly the settings this script would use: for a base model its sidecar's model,
