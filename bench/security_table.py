@@ -76,10 +76,6 @@ RECIPES = (
      "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.5, "distill": 1.0, "epochs": 8}},
     {"model": "lenet", "name": "adv0.2-distill", "label": "adv 0.2 + distillation", "taps": ["b2_relu"],
      "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.2, "distill": 1.0, "epochs": 8}},
-    # what `mirrornet protect --auto --degradation adversarial` makes now (OBJECTIVE_DEFAULTS)
-    {"model": "lenet", "name": "adv0.07-distill-24ep", "label": "adv 0.07 + distillation, 24 epochs",
-     "taps": ["b2_relu"], "width": 0.5, "degradation": "adversarial",
-     "config": {"adv": 0.07, "distill": 1.0, "epochs": 24}, "extra_budgets": (0.1,)},
     # VGG's and ResNet's --auto tap and width with the adversarial objective (protect's 16 epochs)
     {"model": "vgg", "name": "adv0.1-distill", "label": "adv 0.1 + distillation", "taps": ["b2_maxpool"],
      "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.1, "distill": 1.0, "epochs": 16}},
@@ -96,6 +92,9 @@ RECIPES = (
     {"model": "resnet", "name": "adv0.07-distill-24ep", "label": "adv 0.07 + distillation, 24 epochs",
      "taps": ["b3_add"], "width": 0.25, "degradation": "adversarial",
      "config": {"adv": 0.07, "distill": 1.0, "epochs": 24}, "extra_budgets": (0.1,)},
+    {"model": "resnet", "name": "adv0.08-distill-24ep", "label": "adv 0.08 + distillation, 24 epochs",
+     "taps": ["b3_add"], "width": 0.25, "degradation": "adversarial",
+     "config": {"adv": 0.08, "distill": 1.0, "epochs": 24}, "extra_budgets": (0.1,)},
     {"model": "resnet", "name": "adv0.1-distill-32ep", "label": "adv 0.1 + distillation, 32 epochs",
      "taps": ["b3_add"], "width": 0.25, "degradation": "adversarial",
      "config": {"adv": 0.1, "distill": 1.0, "epochs": 32}, "extra_budgets": (0.1,)},
