@@ -76,7 +76,7 @@ RECIPES = (
      "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.5, "distill": 1.0, "epochs": 8}},
     {"model": "lenet", "name": "adv0.2-distill", "label": "adv 0.2 + distillation", "taps": ["b2_relu"],
      "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.2, "distill": 1.0, "epochs": 8}},
-    # VGG's and ResNet's --auto tap and width with the adversarial objective (protect's 16 epochs)
+    # VGG's and ResNet's --auto tap and width with the adversarial objective, 16 epochs
     {"model": "vgg", "name": "adv0.1-distill", "label": "adv 0.1 + distillation", "taps": ["b2_maxpool"],
      "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.1, "distill": 1.0, "epochs": 16}},
     {"model": "resnet", "name": "adv0.1-distill", "label": "adv 0.1 + distillation", "taps": ["b3_add"],
@@ -88,7 +88,8 @@ RECIPES = (
      "config": {"adv": 0.1, "distill": 1.0, "epochs": 24}, "extra_budgets": (0.1,)},
     {"model": "resnet", "name": "adv0.07-distill", "label": "adv 0.07 + distillation", "taps": ["b3_add"],
      "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.07, "distill": 1.0, "epochs": 16}},
-    # both changes together, and a longer training at adv 0.1 (at the --auto width, within 5% of FLOPs)
+    # at the --auto width (within 5% of FLOPs): 24 epochs with a weaker thief term, and adv 0.1 for 32 epochs
+    # (the adversarial objective's defaults since, so its rows are the default's)
     {"model": "resnet", "name": "adv0.07-distill-24ep", "label": "adv 0.07 + distillation, 24 epochs",
      "taps": ["b3_add"], "width": 0.25, "degradation": "adversarial",
      "config": {"adv": 0.07, "distill": 1.0, "epochs": 24}, "extra_budgets": (0.1,)},

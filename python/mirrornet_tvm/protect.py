@@ -146,7 +146,8 @@ def training_config(config: JointConfig | dict | None, degradation: str) -> Join
     if isinstance(config, JointConfig):
         return config
     if config is not None and not isinstance(config, dict):
-        raise UsageError(f"config must be a JointConfig, a dict of its settings or None, got {type(config).__name__}")
+        raise UsageError("config must be a JointConfig, a dict of its settings or None, "
+                         f"got {type(config).__name__}")
     known = {f.name for f in dataclasses.fields(JointConfig)}
     unknown = sorted(set(config or {}) - known)
     if unknown:

@@ -12,15 +12,16 @@ Controls (optional, not judged by the rule; they say what a probe's result is ma
 ``control:original:<tap>``  the same probe on the unprotected original's tap: what it gets with no protection
 ``control:pixels``          a linear classifier on the raw pixels: what the budget gives with no network at all
 
-Every attack is trained the same way (:func:`train_with_lr_search`): for each learning rate, train on
-the fit part of the budget and score the held-out part; take the best held-out accuracy (ties: lower
-held-out loss, then the earlier rate); retrain from the same starting point on the whole budget with that
-rate. The thief then holds two models trained at that rate and keeps the retrained one unless it diverged
-or scores lower on the whole budget than the validated one (Adam at the largest rate can collapse a network
-to one class on one sample order and not on another; a thief sees that on its own data). Training (:func:`train`) follows :func:`mirrornet_tvm.training_base.fit`: Adam with weight decay
-1e-4, a cosine decay of the learning rate to zero, the sample order drawn from a generator seeded with the
-seed. (``fit`` itself cannot train a GraphNet: it calls ``Module.to``, which GraphNet's own ``_apply``
-shadows.) A learning rate whose training diverges scores zero on the held-out part.
+Every attack is trained the same way (:func:`train_with_lr_search`): for each learning rate, train on the fit
+part of the budget and score the held-out part; take the best held-out accuracy (ties: lower held-out loss,
+then the earlier rate); retrain from the same starting point on the whole budget with that rate. The thief
+then holds two models trained at that rate and keeps the retrained one unless it diverged or scores lower on
+the whole budget than the validated one (Adam at the largest rate can collapse a network to one class on one
+sample order and not on another; a thief sees that on its own data). Training (:func:`train`) follows
+:func:`mirrornet_tvm.training_base.fit`: Adam with weight decay 1e-4, a cosine decay of the learning rate to
+zero, the sample order drawn from a generator seeded with the seed. (``fit`` itself cannot train a GraphNet:
+it calls ``Module.to``, which GraphNet's own ``_apply`` shadows.) A learning rate whose training diverges
+scores zero on the held-out part.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ _D = JointConfig()
 
 
 def _per_objective(name: str) -> str:
-    """'[default: 16; adversarial: 24]': the class default and the objectives that change it."""
+    """'[default: 16; adversarial: 32]': the class default and the objectives that change it."""
     others = "".join(f"; {d}: {v[name]:g}" for d, v in OBJECTIVE_DEFAULTS.items() if name in v)
     return f"[default: {getattr(_D, name):g}{others}]"
 
@@ -54,7 +54,8 @@ def _command_line() -> str:
               help="Weight of the backbone's uniform-prediction term.")
 @click.option("--adv", type=float, default=None,
               help="Weight of the simulated thief's term: the linear tap attacker (degradation adversarial) "
-                   f"or the few-shot thief of mirrornet_tvm.degradation (degradation fewshot) {_per_objective('adv')}.")
+                   "or the few-shot thief of mirrornet_tvm.degradation (degradation fewshot) "
+                   f"{_per_objective('adv')}.")
 @click.option("--distill", type=float, default=None,
               help="Weight of distillation from the original model into the rectified output "
                    f"{_per_objective('distill')}.")
