@@ -76,6 +76,10 @@ RECIPES = (
      "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.5, "distill": 1.0, "epochs": 8}},
     {"model": "lenet", "name": "adv0.2-distill", "label": "adv 0.2 + distillation", "taps": ["b2_relu"],
      "width": 0.5, "degradation": "fewshot", "config": {"adv": 0.2, "distill": 1.0, "epochs": 8}},
+    # what `mirrornet protect --auto --degradation adversarial` makes on LeNet now (OBJECTIVE_DEFAULTS)
+    {"model": "lenet", "name": "adv0.1-distill-32ep", "label": "adv 0.1 + distillation, 32 epochs",
+     "taps": ["b2_relu"], "width": 0.5, "degradation": "adversarial",
+     "config": {"adv": 0.1, "distill": 1.0, "epochs": 32}, "extra_budgets": (0.1,)},
     # VGG's and ResNet's --auto tap and width with the adversarial objective, 16 epochs
     {"model": "vgg", "name": "adv0.1-distill", "label": "adv 0.1 + distillation", "taps": ["b2_maxpool"],
      "width": 0.25, "degradation": "adversarial", "config": {"adv": 0.1, "distill": 1.0, "epochs": 16}},
@@ -369,8 +373,12 @@ def load_plan(out: Path, models, degradations, sweeps, table_only: bool, only_de
         write_json(path, {"generated_by": "bench/security_table.py: strategies protected and attacked",
                           "entries": entries})
 
+    sweep_of = {"tap sweep": "taps", "width sweep": "widths"}
+
     def wanted(e):
         if e["model"] not in models:
+            return False
+        if sweep_of.get(e["variant"], "") not in ("", *sweeps):   # kept from a run with other --variants
             return False
         if e["model"] in only_default:
             if e.get("recipe"):

@@ -211,6 +211,8 @@ def test_only_default_plans_just_the_auto_pick(st, tmp_path, monkeypatch):
     # without --only-default the same model gets both objectives and the sweep (and the earlier artifact)
     plan = st.load_plan(tmp_path, ("vgg",), st.DEGRADATIONS, ("taps",), False)
     assert len(plan) == 5 and {d for _, d, *_ in plan} == {"uniform", "adversarial"}
+    # a sweep kept in OUT/plan.json from a run with other --variants is left out
+    assert len(st.load_plan(tmp_path, ("vgg",), st.DEGRADATIONS, (), False)) == 3
     # and with it again, the plan kept in OUT/plan.json does not bring those back
     plan = st.load_plan(tmp_path, ("vgg",), st.DEGRADATIONS, ("taps",), False, ("vgg",))
     assert [s.name for _, _, _, s, _ in plan] == [s_uni.name]
