@@ -334,18 +334,16 @@ def load_plan(out: Path, models, degradations, sweeps, table_only: bool, only_de
 
     path = out / "plan.json"
     entries = read_json(path)["entries"] if path.is_file() else []
-    names = {(e["model"], e["strategy"]["name"], (e.get("recipe") or {}).get("name")) for e in entries}
+    by_key = {(e["model"], e["strategy"]["name"], (e.get("recipe") or {}).get("name")): e for e in entries}
 
     def add(model, d, variant, s, recipe=None):
         key = (model, s.name, recipe["name"] if recipe else None)
-        if key in names and recipe:      # a recipe's label and extra budgets are RECIPES', not the kept copy's
-            for e in entries:
-                if (e["model"], e["strategy"]["name"], (e.get("recipe") or {}).get("name")) == key:
-                    e["recipe"] = recipe
-        if key not in names:
+        if key in by_key and recipe:     # a recipe's label and extra budgets are RECIPES', not the kept copy's
+            by_key[key]["recipe"] = recipe
+        if key not in by_key:
             entries.append({"model": model, "degradation": d, "variant": variant, "strategy": s.to_dict(),
                             "recipe": recipe})
-            names.add(key)
+            by_key[key] = entries[-1]
 
     only = {}        # model -> the name of its --auto default, for the models in only_default
     for model in models:
@@ -403,12 +401,18 @@ def current_defaults(out: Path, models, degradations) -> set:
     return found
 
 
-def default_config(degradation: str, protect_epochs=None, **settings):
-    """The training config, as metrics.json records it, of `mirrornet protect` with ``settings`` (seed 0)."""
+def protect_config(degradation: str, protect_epochs=None, **settings):
+    """The JointConfig this script protects with: protect's defaults for ``degradation``, ``settings`` (a
+    recipe's) over them, seed 0, and --protect-epochs over everything."""
     from mirrornet_tvm.training import JointConfig
 
     settings = dict(settings, **({"epochs": protect_epochs} if protect_epochs else {}))
-    return JointConfig.for_degradation(degradation, seed=0, **settings).to_dict()
+    return JointConfig.for_degradation(degradation, seed=0, **settings)
+
+
+def default_config(degradation: str, protect_epochs=None, **settings) -> dict:
+    """:func:`protect_config` as metrics.json records it."""
+    return protect_config(degradation, protect_epochs, **settings).to_dict()
 
 
 def variant_label(out: Path, model: str, degradation: str, variant: str, strategy, recipe, defaults,
@@ -452,7 +456,6 @@ def _recipe_flags(recipe) -> str:
 
 def artifact(out: Path, model: str, base: Path, strategy, args, recipe=None) -> Path:
     from mirrornet_tvm.protect import protect
-    from mirrornet_tvm.training import JointConfig
 
     art = art_dir(out, model, strategy, recipe)
     if (art / "metrics.json").is_file():
@@ -460,7 +463,7 @@ def artifact(out: Path, model: str, base: Path, strategy, args, recipe=None) -> 
     overrides = dict(recipe["config"]) if recipe else {}
     if args.protect_epochs:
         overrides["epochs"] = args.protect_epochs
-    config = JointConfig.for_degradation(strategy.degradation, seed=0, **overrides)
+    config = protect_config(strategy.degradation, **overrides)
     if args.reuse_artifacts is not None and reuse_artifact(args.reuse_artifacts, art, base, strategy,
                                                            config, args.protect_subset):
         return art

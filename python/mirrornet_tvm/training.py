@@ -119,6 +119,10 @@ class JointConfig:
     def for_degradation(cls, degradation: str, **overrides) -> "JointConfig":
         """The defaults for a degradation objective (OBJECTIVE_DEFAULTS over the class defaults), then
         ``overrides``: what `mirrornet protect` trains with when a setting is not given."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UsageError(f"unknown training settings {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**{**OBJECTIVE_DEFAULTS.get(degradation, {}), **overrides})
 
     def to_dict(self) -> dict:
