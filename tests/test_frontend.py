@@ -232,11 +232,16 @@ def _bad_models(tmp_path):
         extra_inputs=[helper.make_tensor_value_info("x2", TensorProto.FLOAT, [1, 2, 4, 4])])),
         ModelError, r"2 inputs")
 
-    sig = tmp_path / "sigmoid.onnx"
-    torch.onnx.export(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sigmoid(), nn.Tanh()).eval(), (torch.zeros(1, 1, 8, 8),),
+    sig = tmp_path / "sin_cos.onnx"
+
+    class SinCos(nn.Module):
+        def forward(self, x):
+            return torch.cos(torch.sin(x))
+
+    torch.onnx.export(nn.Sequential(nn.Conv2d(1, 2, 3), SinCos()).eval(), (torch.zeros(1, 1, 8, 8),),
                       str(sig), dynamo=False, opset_version=17, input_names=["input"])
     cases["unsupported_op"] = (sig, UnsupportedOpError,
-                               r"node '/1/Sigmoid' .* uses op Sigmoid.*also unsupported here: Tanh.*supported ops: Conv")
+                               r"node '/1/Sin' .* uses op Sin.*also unsupported here: Cos.*supported ops: Conv")
     cases["softmax_inside"] = (save("softmax_inside", _tiny([helper.make_node("Softmax", ["x"], ["s"], name="sm"),
                                                              helper.make_node("Relu", ["s"], ["y"])])),
                                UnsupportedOpError, r"Softmax at node 'sm'.*only as the final node")

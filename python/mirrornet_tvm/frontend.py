@@ -18,7 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import ModelError, UnsupportedOpError
-from .graph import SUPPORTED_OPS, GraphNet, node_problem, onnx_constants, supported_ops_text
+from .graph import INTEGER_OPERANDS, SUPPORTED_OPS, GraphNet, node_problem, onnx_constants, supported_ops_text
 
 OUTPUT_NAMES_ATTR = "mirrornet.output_names"
 TORCH_EXPORT_OPSET = 17
@@ -155,12 +155,14 @@ def _check_ops(g, where):
 
 
 def _check_dtypes(g, where):
-    """Weights must be float32; integer constants are allowed only as a Reshape's target shape."""
-    shape_inputs = {n.input[1] for n in g.node if n.op_type == "Reshape" and len(n.input) > 1}
+    """Weights must be float32; integer constants only where an op takes them (a Reshape's shape,
+    Unsqueeze/Squeeze/ReduceMean axes, Pad's pads: :data:`mirrornet_tvm.graph.INTEGER_OPERANDS`)."""
+    int_inputs = {n.input[i] for n in g.node for i in INTEGER_OPERANDS.get(n.op_type, ())
+                  if i < len(n.input) and n.input[i]}
     identity_of = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity"}
-    shape_inputs |= {identity_of[t] for t in list(shape_inputs) if t in identity_of}
+    int_inputs |= {identity_of[t] for t in list(int_inputs) if t in identity_of}
     for name, arr in onnx_constants(g).items():
-        if arr.dtype.name == "float32" or (name in shape_inputs and arr.dtype.kind in "iu"):
+        if arr.dtype.name == "float32" or (name in int_inputs and arr.dtype.kind in "iub"):
             continue
         raise ModelError(f"constant '{name}' of {where} is {arr.dtype.name}, not float32; MirrorNet supports "
                          "float32 models only: convert it (model.float() before export, no quantization)")

@@ -31,10 +31,14 @@ from onnx import helper, numpy_helper
 from .errors import ModelError, UnsupportedOpError
 
 SUPPORTED_OPS = (
-    "Conv", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "Add", "Concat", "Flatten", "Reshape", "Gemm", "MatMul", "Softmax",
-    "Identity", "Constant",
+    "Conv", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish",
+    "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "LRN", "Add",
+    "Sum", "Sub", "Mul", "Div", "Concat", "Flatten", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Pad",
+    "Gemm", "MatMul", "Softmax", "Dropout", "Identity", "Constant",
 )
+# Integer constant operands an op may take (input index -> what it is); every other constant is a weight.
+INTEGER_OPERANDS = {"Reshape": {1: "shape"}, "Unsqueeze": {1: "axes"}, "Squeeze": {1: "axes"},
+                    "Pad": {1: "pads"}, "ReduceMean": {1: "axes"}, "Dropout": {2: "training_mode"}}
 EXPORT_OPSET = 17
 
 
@@ -155,6 +159,28 @@ def node_problem(node, consts: dict, graph_outputs: set) -> str | None:
     elif op == "Concat":
         if any(i in consts for i in ins):
             return "concatenating constants is not supported"
+    elif op in ("Sum", "Sub", "Mul", "Div"):
+        if all(i in consts for i in ins if i):
+            return "all operands are constants (fold them before export)"
+    elif op in ("Unsqueeze", "Squeeze", "ReduceMean"):
+        if len(ins) > 1 and ins[1] and ins[1] not in consts:
+            return "its axes must be constants"
+    elif op == "Pad":
+        if len(ins) > 1 and ins[1] and ins[1] not in consts:
+            return "its pads must be constants"
+        if len(ins) > 2 and ins[2] and ins[2] not in consts:
+            return "its constant value must be a constant"
+        if len(ins) > 3 and ins[3]:
+            return "the axes operand (opset 18) is not supported; pad every axis"
+        mode = a.get("mode", b"constant")
+        if mode not in (b"constant", b"reflect", b"edge"):
+            return f"mode {mode.decode()} is not supported (constant, reflect, edge)"
+    elif op == "Dropout":
+        if len(ins) > 2 and ins[2] and (ins[2] not in consts or bool(consts[ins[2]])):
+            return "training_mode must be a constant false (export in eval mode)"
+    elif op == "LRN":
+        if "size" not in a:
+            return "its size attribute is missing"
     return None
 
 
