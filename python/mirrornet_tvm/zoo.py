@@ -15,12 +15,18 @@ resnet    conv stem, 3 basic blocks (residual adds), avgpool    78k       78k
 
 ``build(name, in_shape, num_classes)`` makes one; every model carries ``in_shape`` and ``num_classes``
 attributes so it can be exported without being told its input again.
+
+``build`` also makes the standard architectures of :mod:`mirrornet_tvm.architectures` (``resnet18``,
+``resnet50``, ``mobilenet_v2``, ``squeezenet1_1``, ``densenet121``, ``se_resnet18``; 3-channel images of
+at least 32x32, ImageNet layout from 64x64): :data:`NAMES` lists the small models above,
+:data:`ALL_NAMES` both.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from . import architectures
 from .errors import ModelError
 
 
@@ -118,6 +124,7 @@ _REGISTRY = {
 }
 
 NAMES = tuple(sorted(_REGISTRY))
+ALL_NAMES = NAMES + architectures.NAMES
 
 
 def _check_shape(name: str, in_shape, num_classes) -> tuple[int, int, int]:
@@ -138,10 +145,19 @@ def _check_shape(name: str, in_shape, num_classes) -> tuple[int, int, int]:
     return shape
 
 
-def build(name: str, in_shape=(1, 28, 28), num_classes: int = 10) -> nn.Module:
-    """Build zoo model ``name`` for ``in_shape`` (C, H, W) images and ``num_classes`` classes."""
+def build(name: str, in_shape=None, num_classes: int | None = None) -> nn.Module:
+    """Build zoo model ``name`` for ``in_shape`` (C, H, W) images and ``num_classes`` classes.
+
+    Defaults: 1x28x28 and 10 classes for the small models; for the standard architectures 3x224x224, and
+    1000 classes for the ImageNet layout or 10 for the CIFAR layout.
+    """
+    if name in architectures.NAMES:
+        return architectures.build(name, (3, 224, 224) if in_shape is None else in_shape, num_classes)
     if name not in _REGISTRY:
-        raise ModelError(f"unknown zoo model '{name}': choose one of {', '.join(NAMES)}")
+        raise ModelError(f"unknown zoo model '{name}': choose one of {', '.join(NAMES)} (small models) or "
+                         f"{', '.join(architectures.NAMES)} (standard architectures)")
+    in_shape = (1, 28, 28) if in_shape is None else in_shape
+    num_classes = 10 if num_classes is None else num_classes
     shape = _check_shape(name, in_shape, num_classes)
     model = _REGISTRY[name][0](shape, num_classes)
     model.in_shape = shape
