@@ -57,3 +57,7 @@ class NotBuiltYet(MirrorNetError):
 
 class TargetMismatchError(UsageError):
     """A cost model was asked to predict for a target it was not trained on (measure and train one for it)."""
+
+
+class ModelNotice(UserWarning):
+    """A one-line notice that loading changed a model (e.g. a dynamic batch fixed to 1); not an error."""

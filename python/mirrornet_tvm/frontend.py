@@ -2,8 +2,10 @@
 (weights bound as constants) and its trainable :class:`~mirrornet_tvm.graph.GraphNet` out.
 
 Every model is checked first (:func:`check_onnx`): the file exists and parses, ``onnx.checker`` accepts
-it, it has one float32 input with static shape and batch 1, its weights are float32 and it uses only the
-supported ops (:data:`mirrornet_tvm.graph.SUPPORTED_OPS`). Anything else raises
+it, it is normalised (:func:`mirrornet_tvm.normalize.normalize`: exporters' habits such as a dynamic batch,
+shape computations, Dropout or initializers listed as inputs), then it has one float32 input with static
+shape and batch 1, its weights are float32 and its nodes use only the supported ops
+(:data:`mirrornet_tvm.graph.SUPPORTED_OPS`) of the standard domain. Anything else raises
 :class:`~mirrornet_tvm.errors.ModelError` (or :class:`~mirrornet_tvm.errors.UnsupportedOpError`) saying
 what was wrong and what to do.
 """
@@ -19,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from .errors import ModelError, UnsupportedOpError
 from .graph import INTEGER_OPERANDS, SUPPORTED_OPS, GraphNet, node_problem, onnx_constants, supported_ops_text
+from .normalize import SHAPE_HINT, normalize
 
 OUTPUT_NAMES_ATTR = "mirrornet.output_names"
 TORCH_EXPORT_OPSET = 17
@@ -80,24 +83,28 @@ def _dtype_name(elem_type: int) -> str:
         return onnx.TensorProto.DataType.Name(elem_type) if elem_type else "unknown"
 
 
-def check_onnx(model_or_path) -> onnx.ModelProto:
-    """Load (if a path) and validate a model for MirrorNet; return the ``onnx.ModelProto``.
+def check_onnx(model_or_path, input_shape=None) -> onnx.ModelProto:
+    """Load (if a path), normalise and validate a model for MirrorNet; return the ``onnx.ModelProto``
+    (the one given if it needed no normalisation, else a normalised copy).
 
-    Raises ModelError for a missing, unreadable or invalid file, dynamic or non-batch-1 input shapes,
-    non-float32 inputs or weights, and UnsupportedOpError for an op outside the supported set.
+    ``input_shape`` ((C, H, W) or (1, C, H, W)) fixes dynamic input dimensions other than the batch and
+    must match the static ones. Raises ModelError for a missing, unreadable or invalid file, dynamic or
+    non-batch-1 input shapes, non-float32 inputs or weights, and UnsupportedOpError for an op outside the
+    supported set.
     """
     proto, where = _load_proto(model_or_path)
+    shape = None if input_shape is None else _static_shape(input_shape)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"{where} fails the ONNX checker ({first}): it is corrupt or invalid; "
                          "re-export the model") from None
+    proto = normalize(proto, where, shape)
     g = proto.graph
-    for imp in proto.opset_import:
-        if imp.domain not in ("", "ai.onnx"):
-            raise UnsupportedOpError(f"{where} imports the custom op domain '{imp.domain}'; only standard "
-                                     f"ONNX ops are supported: {supported_ops_text()}")
+    for domain in sorted({n.domain for n in g.node} - {"", "ai.onnx"}):  # declared but unused ones do no harm
+        raise UnsupportedOpError(f"{where} uses ops of the custom domain '{domain}'; only standard "
+                                 f"ONNX ops are supported: {supported_ops_text()}")
     _check_input(g, where)
     _check_ops(g, where)
     _check_dtypes(g, where)
@@ -130,7 +137,7 @@ def _check_input(g, where):
     for k, d in enumerate(tt.shape.dim):
         if d.HasField("dim_param") or not d.HasField("dim_value") or d.dim_value <= 0:
             what = f"symbolic ('{d.dim_param}')" if d.dim_param else "unknown"
-            raise ModelError(f"input '{inp.name}' of {where} has a dynamic dimension {k} ({what}); {_STATIC_HINT}")
+            raise ModelError(f"input '{inp.name}' of {where} has a dynamic dimension {k} ({what}); {SHAPE_HINT}")
     if tt.shape.dim[0].dim_value != 1:
         raise ModelError(f"input '{inp.name}' of {where} has batch {tt.shape.dim[0].dim_value}; MirrorNet runs "
                          f"one image per inference: {_STATIC_HINT}")
@@ -307,7 +314,8 @@ class Model:
 def load_model(path_or_module, input_shape=None) -> Model:
     """Load an ONNX file / ``onnx.ModelProto`` or a ``torch.nn.Module`` as a Model.
 
-    A module needs ``input_shape`` ((C, H, W) or (1, C, H, W)) unless it has an ``in_shape`` attribute.
+    A module needs ``input_shape`` ((C, H, W) or (1, C, H, W)) unless it has an ``in_shape`` attribute;
+    for an ONNX model it fixes dynamic input dimensions (see :func:`check_onnx`) and must match static ones.
     """
     try:
         import torch
@@ -318,10 +326,6 @@ def load_model(path_or_module, input_shape=None) -> Model:
         if input_shape is None:  # the zoo's models carry their input shape
             input_shape = getattr(path_or_module, "in_shape", None)
         return Model(from_torch(path_or_module, input_shape), type(path_or_module).__name__)
-    proto = check_onnx(path_or_module)
+    proto = check_onnx(path_or_module, input_shape)
     source = str(path_or_module) if isinstance(path_or_module, (str, os.PathLike)) else "<onnx model>"
-    if input_shape is not None:
-        _, shape = _input_info(proto)
-        if tuple(_static_shape(input_shape)) != tuple(shape):
-            raise ModelError(f"{source} has input shape {list(shape)}, not {list(input_shape)}")
     return Model(proto, source)
