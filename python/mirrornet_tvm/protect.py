@@ -155,8 +155,11 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
             budget_bytes: int = DEFAULT_BUDGET_BYTES, degradation: str | None = None, tuning=None,
             resume: bool = False, force: bool = False, threads: int | None = None,
             progress: bool = True, command: str | None = None, security_floor=None,
-            floor_candidates: int = FLOOR_CANDIDATES) -> ProtectResult:
+            floor_candidates: int = FLOOR_CANDIDATES, input_shape=None) -> ProtectResult:
     """Protect the ONNX model at ``model_path`` (see the module docstring); returns the metrics.
+
+    ``input_shape`` (C, H, W) fixes dynamic input dimensions (:func:`~mirrornet_tvm.frontend.load_model`);
+    ``original.onnx`` is then the model with that shape.
 
     ``security_floor`` (a :class:`~mirrornet_tvm.attack.floor.SecurityFloor`): attack the protected model
     (:func:`~mirrornet_tvm.attack.security_check`) and record the verdict in ``metrics["security"]``. With
@@ -172,7 +175,7 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
                                    strategy=strategy, auto=auto, config=config, subset=subset,
                                    budget_bytes=budget_bytes, degradation=degradation, tuning=tuning,
                                    resume=resume, force=force, threads=threads, progress=progress,
-                                   command=command)
+                                   command=command, input_shape=input_shape)
     t_start = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -184,7 +187,7 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
     if force and ckpt.exists():
         ckpt.unlink()
     threads = set_threads(threads)
-    model = load_model(model_path)
+    model = load_model(model_path, input_shape)
     original = strip_softmax(model.graph())
     choice = choose_strategy(original, strategy, auto, budget_bytes, degradation, tuning=tuning, model=model,
                              progress=progress)
@@ -213,7 +216,8 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
     acc = evaluate_mirrornet(net, x_test, y_test)
 
     src = Path(model_path)
-    atomic_write(out / "original.onnx", src.read_bytes())
+    atomic_write(out / "original.onnx",
+                 src.read_bytes() if input_shape is None else model.proto.SerializeToString())
     net.export_onnx(out / "combined.onnx", source=f"{src.name} (sha256 {sha256_file(src)[:16]})")
     net.export_backbone(out / "backbone.onnx")
     s.save(out / "strategy.json")
@@ -260,7 +264,7 @@ def _protect_with_floor(model_path, dataset, out_dir, floor, floor_candidates, *
     if floor_candidates < 1:
         raise UsageError(f"floor_candidates must be at least 1, got {floor_candidates}")
     if auto and tuning is None:   # the rule's pick first, then the rest of its pool, shallow to deep
-        graph = strip_softmax(load_model(model_path).graph())
+        graph = strip_softmax(load_model(model_path, kw.get("input_shape")).graph())
         costs = generate_strategies(graph, budget_bytes, degradations=degradations_with(degradation))
         first = auto_select(costs, max_flop_share=AUTO_FLOP_SHARE, degradation=degradation or "uniform")
         pool = auto_pool(costs, max_flop_share=AUTO_FLOP_SHARE, degradation=degradation or "uniform")

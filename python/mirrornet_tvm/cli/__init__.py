@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
 
-from ..errors import MirrorNetError
+from ..errors import MirrorNetError, ModelNotice
 
 # (command name, module under mirrornet_tvm.cli, attribute). Order is the order of the help text,
 # which follows the workflow: inspect -> train-base -> strategies -> protect -> compile -> package-ta
@@ -45,10 +46,20 @@ def cli():
     """MirrorNet for Apache TVM: protect a DNN with a CPM in an OP-TEE trusted application."""
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """A ModelNotice prints as one line, ``note: ...``; other warnings as Python prints them."""
+    if issubclass(category, ModelNotice):
+        click.echo(f"note: {message}", err=True)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv=None):
     """Console entry point: run the CLI, turning the project's errors into one line and an exit code."""
     try:
-        cli.main(args=argv, prog_name="mirrornet", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            cli.main(args=argv, prog_name="mirrornet", standalone_mode=False)
     except MirrorNetError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)

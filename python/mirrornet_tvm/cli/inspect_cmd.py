@@ -5,6 +5,8 @@ import json
 
 import click
 
+from ._common import input_shape_option
+
 
 def _fmt_count(n: int) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -49,18 +51,19 @@ def render_text(path, summary, taps) -> str:
 @click.command("inspect")
 @click.argument("model", metavar="MODEL.onnx")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect(model, as_json):
+@input_shape_option
+def inspect(model, as_json, input_shape):
     """Layers, shapes, FLOPs, params and candidate taps of an ONNX model.
 
-    The model needs one float32 input of static shape [1, C, H, W] and only these ops: Conv,
-    BatchNormalization, Relu, LeakyRelu, Clip, MaxPool, AveragePool, GlobalAveragePool, Add, Concat,
-    Flatten, Reshape (constant shape), Gemm, MatMul (constant weight), Softmax (final), Identity, Constant.
+    The model needs one float32 image input [1, C, H, W] (a dynamic batch is fixed to 1; give other
+    dynamic sizes with --input-shape) and only supported ops (shape computations fold to constants,
+    Dropout is removed).
     Taps are cut points after an activation, a pooling or a residual Add, named b<k>_<op>.
     """
     from ..analysis import as_graph, candidate_taps, model_summary
     from ..frontend import load_model
 
-    graph = as_graph(load_model(model))  # the backbone part of a combined model
+    graph = as_graph(load_model(model, input_shape))  # the backbone part of a combined model
     summary = model_summary(graph)
     taps = candidate_taps(graph)
     if as_json:

@@ -3,6 +3,7 @@ import click
 
 from ..strategy import DEGRADATIONS
 from ..training import OBJECTIVE_DEFAULTS, TAILS, JointConfig
+from ._common import input_shape_option
 
 _D = JointConfig()
 
@@ -27,7 +28,8 @@ def _command_line() -> str:
             words.append(str(value))
         elif ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE:
             flag = max(p.opts, key=len)
-            words += [flag] if p.is_flag else [flag, str(value)]
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)  # --input-shape C,H,W
+            words += [flag] if p.is_flag else [flag, text]
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -70,6 +72,7 @@ def _command_line() -> str:
                    "until one meets it. The verdict goes into metrics.json and the report.")
 @click.option("--floor-candidates", type=click.IntRange(1), default=3, show_default=True,
               help="With --auto --security-floor: most strategies to protect and attack.")
+@input_shape_option
 @click.option("--threads", type=int, default=None, help="Torch threads (default 1: fastest on shared cores).")
 @click.option("--resume", is_flag=True, help="Continue from ARTIFACT_DIR/checkpoint.pt.")
 @click.option("--force", is_flag=True, help="Discard an existing checkpoint and start over.")
@@ -77,8 +80,8 @@ def _command_line() -> str:
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Artifact folder to write.")
 def protect(model, dataset, strategy_file, auto, tuning_dir, degradation, epochs, subset, seed, batch_size, lr_cpm,
-            lr_backbone, lam, adv, distill, tail, budget_kib, security_floor, floor_candidates, threads, resume,
-            force, quiet, out_dir):
+            lr_backbone, lam, adv, distill, tail, budget_kib, security_floor, floor_candidates, input_shape, threads,
+            resume, force, quiet, out_dir):
     """Turn MODEL (ONNX) into a MirrorNet: joint training of backbone and CPM, artifact in -o."""
     from ..errors import UsageError
     from ..protect import protect as run
@@ -99,7 +102,7 @@ def protect(model, dataset, strategy_file, auto, tuning_dir, degradation, epochs
     result = run(model, dataset, out_dir, strategy=strategy_file, auto=auto, tuning=tuning_dir, config=config,
                  subset=subset, budget_bytes=budget_kib * 1024, degradation=degradation, resume=resume, force=force,
                  threads=threads, progress=not quiet, command=_command_line(), security_floor=floor,
-                 floor_candidates=floor_candidates)
+                 floor_candidates=floor_candidates, input_shape=input_shape)
     from .report_cmd import format_report
 
     click.echo(format_report(result.metrics, str(result.out_dir)))

@@ -4,6 +4,7 @@ import json
 import click
 
 from ..strategy import DEGRADATIONS
+from ._common import input_shape_option
 
 
 @click.command("strategies")
@@ -22,8 +23,10 @@ from ..strategy import DEGRADATIONS
               help="Also write the JSON to this file (atomically).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="With --tuning: plot predicted latency vs secure memory and the Pareto front (.png).")
+@input_shape_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def strategies(model, tuning_dir, budget_kib, max_taps, degradation, top, as_json, json_out, plot, quiet):
+def strategies(model, tuning_dir, budget_kib, max_taps, degradation, top, as_json, json_out, plot, input_shape,
+               quiet):
     """List the CPM strategies for MODEL (ONNX) that fit the secure-memory budget.
 
     With --tuning DIR (what `mirrornet tune MODEL -o DIR` wrote), every strategy is emulated: predicted
@@ -45,7 +48,7 @@ def strategies(model, tuning_dir, budget_kib, max_taps, degradation, top, as_jso
     if plot and not plot.lower().endswith(".png"):
         raise UsageError(f"--plot writes a PNG image; give a file name ending in .png, not {plot}")
     budget = budget_kib * 1024
-    loaded = load_model(model)
+    loaded = load_model(model, input_shape)
     graph = strip_softmax(loaded.graph())
     costs = generate_strategies(graph, budget, max_taps=max_taps, degradations=degradations_with(degradation))
     if tuning_dir:

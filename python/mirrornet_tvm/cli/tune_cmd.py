@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ._common import input_shape_option
+
 
 @click.command("tune")
 @click.argument("source", type=click.Path())
@@ -28,9 +30,10 @@ import click
 @click.option("--repeat", type=click.IntRange(min=1), default=15, show_default=True,
               help="Timed runs per kernel (the best is kept).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@input_shape_option
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def tune(source, rpc_tracker, rpc_key, target, out_dir, trials, corpus, n_strategies, calibrate, images, tee,
-         repeat, seed, quiet):
+         repeat, seed, input_shape, quiet):
     """Measure and tune SOURCE (a build folder, an artifact folder or an ONNX model) on the target.
 
     Writes OUT/measurements.jsonl (kernel timings, resumable), OUT/cost_model.json (the xgboost cost
@@ -48,7 +51,7 @@ def tune(source, rpc_tracker, rpc_key, target, out_dir, trials, corpus, n_strate
     device = rpc_device(rpc_tracker, rpc_key) if rpc_tracker else LOCAL
     report = run(source, out_dir, resolve_target(target), device, trials=trials, corpus=corpus,
                  strategies=n_strategies, calibrate=calibrate, images=images, tee=tee, seed=seed,
-                 timing=TimingConfig(repeat=repeat), progress=not quiet)
+                 timing=TimingConfig(repeat=repeat), progress=not quiet, input_shape=input_shape)
     click.echo(f"tuned {report.source} for {report.target.get('kind')} "
                f"{report.target.get('mcpu') or report.target.get('mtriple') or ''} on {report.device} "
                f"in {report.seconds:.0f} s")

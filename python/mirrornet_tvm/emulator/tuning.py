@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ArtifactError, ModelError, UsageError
@@ -42,6 +42,7 @@ class Source:
     model_path: Path           # the model whose strategies are emulated
     combined: Path | None      # combined.onnx of an artifact (None for a bare model)
     strategy: object | None    # its Strategy
+    input_shape: tuple | None = None  # (C, H, W) for a model with dynamic input dimensions
 
 
 def read_source(path) -> Source:
@@ -124,7 +125,7 @@ def _backbone_module(source: Source, target):
     from ..transform.pipeline import backbone_lowering_passes, mirrornet_pipeline
 
     if source.combined is None:
-        mod = frontend.load_model(str(source.model_path)).relax()
+        mod = frontend.load_model(str(source.model_path), source.input_shape).relax()
         with target:
             mod = tvm.transform.Sequential(backbone_lowering_passes())(mod)
         return mod
@@ -205,8 +206,9 @@ class TuneReport:
 def tune(source_path, out_dir=None, target=None, device: Device = LOCAL, *, trials: int = 0,
          corpus: int = 120, strategies: int = 8, calibrate: int = 0, images: int = 30,
          tee: str = "sim", seed: int = 0, timing: TimingConfig = TimingConfig(),
-         progress: bool = True) -> TuneReport:
-    """The whole of ``mirrornet tune`` (see the module docstring)."""
+         progress: bool = True, input_shape=None) -> TuneReport:
+    """The whole of ``mirrornet tune`` (see the module docstring); ``input_shape`` (C, H, W) fixes dynamic
+    input dimensions of an ONNX source."""
     from ..frontend import load_model
     from ..strategy import generate_strategies
     from . import corpus as corpus_mod
@@ -219,7 +221,7 @@ def tune(source_path, out_dir=None, target=None, device: Device = LOCAL, *, tria
         raise UsageError("--trials, --corpus, --strategies and --calibrate must be >= 0 and --images >= 1")
     if tee not in TEE_FLAVOUR:
         raise UsageError(f"--tee must be one of {', '.join(TEE_FLAVOUR)}, not {tee!r}")
-    source = read_source(source_path)
+    source = replace(read_source(source_path), input_shape=input_shape)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(source_path, source.kind)
     target = resolve_target(target)
     if is_cross(target) and device.tracker is None:
@@ -240,7 +242,7 @@ def tune(source_path, out_dir=None, target=None, device: Device = LOCAL, *, tria
         database = open_database(db_dir)
 
     try:
-        model = load_model(str(source.model_path))
+        model = load_model(str(source.model_path), source.input_shape)
     except ModelError as err:
         raise ModelError(f"{source.model_path}: {err}") from None
     say("gathering kernels (corpus, backbone, CPMs of sampled strategies)")
