@@ -1,9 +1,11 @@
 """Model analysis: per-layer FLOPs and parameters, and the candidate tap points of a network.
 
-A *tap* is a cut point of the backbone: a tensor produced by an activation (Relu, LeakyRelu, Clip), a
-pooling (MaxPool, AveragePool, GlobalAveragePool) or a residual Add (two activation operands) that every
-path from the input to the output passes through, i.e. the only live tensor at that point of the
-topological order. The final logits (and tensors only reshaped or softmax-ed into them) are excluded.
+A *tap* is a cut point of the backbone: a tensor produced by an activation (Relu, LeakyRelu, Clip, Tanh,
+HardSwish), a pooling (MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean), an LRN, a
+channel Concat or a residual join (Add or Sum of activation operands) that every path from the input to
+the output passes through, i.e. the only live tensor at that point of the topological order (the op
+table's ``tap`` flag, :mod:`mirrornet_tvm.ops`). The final logits (and tensors only reshaped or
+softmax-ed into them) are excluded.
 
 Taps are named ``b<k>_<op>``: ``k`` is the tap's position among the candidate taps counted from the
 input (0-based) and ``op`` is the lower-case op producing the tensor. Cut points of a graph are totally
@@ -11,11 +13,11 @@ ordered (each lies on every path through the next), so the names do not depend o
 chose, or on extra branches outside the backbone: they are identical for the original ONNX, for a
 ``GraphNet.export_onnx`` re-export and for the backbone part (``backbone_logits``) of a combined model.
 
-FLOPs are counted as 2 x MACs for Conv, Gemm, MatMul and BatchNormalization (bias additions not
-counted), one per output element for Relu, LeakyRelu, Clip and Add, kernel area per output element for
-MaxPool/AveragePool, one per input element for GlobalAveragePool, three per element for Softmax, and zero
-for Concat, Flatten, Reshape and Identity. Parameters are the trainable ones (``nn.Parameter``s;
-BatchNorm running statistics are buffers and not counted).
+FLOPs are counted by the op table (:mod:`mirrornet_tvm.ops`): 2 x MACs for Conv, Gemm, MatMul and
+BatchNormalization (bias additions not counted), one per output element for activations and each
+elementwise operation, kernel area per output element for MaxPool/AveragePool, one per input element for
+global pooling and ReduceMean, three per element for Softmax, and zero for layout ops. Parameters are the
+trainable ones (``nn.Parameter``s; BatchNorm running statistics are buffers and not counted).
 """
 from __future__ import annotations
 
@@ -24,11 +26,12 @@ import math
 from dataclasses import dataclass
 
 from .errors import ModelError
+from .ops import OPS
 
-TAP_OPS = ("Relu", "LeakyRelu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Add")
-_PASS_THROUGH = ("Identity", "Flatten", "Reshape", "Softmax")
+TAP_OPS = tuple(name for name, o in OPS.items() if o.tap)
+_PASS_THROUGH = tuple(name for name, o in OPS.items() if o.pass_through)
 FLOPS_NOTE = ("FLOPs = 2 x MACs for Conv/Gemm/MatMul/BatchNormalization; 1 per output element for "
-              "activations and Add; kernel area per output for pooling")
+              "activations and elementwise ops; kernel area per output for pooling")
 BACKBONE_OUTPUT = "backbone_logits"
 
 
@@ -116,32 +119,11 @@ def as_graph(model, output: str | None = None):
 
 def _node_cost(graph, node) -> tuple[int, int, int]:
     """(MACs, FLOPs, params) of one node."""
-    out_shape = graph.tensor_shapes[node.outputs[0]]
-    out_elems = math.prod(out_shape)
     module = graph.module_of(node)
     params = sum(p.numel() for p in module.parameters()) if module is not None else 0
-    op, a = node.op, node.attrs
-    macs = 0
-    if op == "Conv":
-        w = module.weight
-        macs = out_elems * w.shape[1] * w.shape[2] * w.shape[3]
-    elif op in ("Gemm", "MatMul"):
-        macs = out_elems * module.weight.shape[1]
-    elif op == "BatchNormalization":
-        macs = out_elems
-    if macs:
-        return macs, 2 * macs, params
-    if op in ("Relu", "LeakyRelu", "Clip", "Add"):
-        flops = out_elems
-    elif op in ("MaxPool", "AveragePool"):
-        flops = out_elems * math.prod(a["kernel_shape"])
-    elif op == "GlobalAveragePool":
-        flops = math.prod(graph.tensor_shapes[node.inputs[0]])
-    elif op == "Softmax":
-        flops = 3 * out_elems
-    else:
-        flops = 0
-    return 0, flops, params
+    in_shapes = [graph.tensor_shapes[t] for t in node.inputs]
+    macs, flops = OPS[node.op].cost(in_shapes, graph.tensor_shapes[node.outputs[0]], node.attrs, module)
+    return macs, flops, params
 
 
 def model_summary(model) -> ModelSummary:
@@ -200,7 +182,7 @@ def candidate_taps(model, output: str | None = None) -> list:
         t = n.outputs[0]
         if n.op not in TAP_OPS or t in excluded:
             continue
-        if n.op == "Add" and (n.module is not None or len(n.inputs) != 2):
+        if n.op in ("Add", "Sum") and (n.module is not None or len(n.inputs) < 2):
             continue  # a bias add, not a residual join
         # every earlier node is an ancestor of a cut point, every later one a descendant
         flops_before = sum(c[1] for c in costs[: i + 1])

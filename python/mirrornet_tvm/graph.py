@@ -2,13 +2,12 @@
 
 An ONNX graph becomes a list of frozen :class:`Node` records in topological order (name, op, activation
 inputs, outputs, attributes) plus one torch submodule per weighted node (``Conv2d``, ``BatchNorm2d``,
-``Linear``, a bias ``Parameter`` for a constant ``Add``), so ``parameters()``, ``state_dict``, optimisers
-and ``torch.onnx.export`` work as on any module. Constants (initializers, ``Constant`` nodes) are folded
-into the records and modules, so a record's ``inputs`` name activation tensors only.
+``Linear``, a trainable constant operand of an elementwise op), so ``parameters()``, ``state_dict``,
+optimisers and ``torch.onnx.export`` work as on any module. Constants (initializers, ``Constant`` nodes)
+are folded into the records and modules, so a record's ``inputs`` name activation tensors only.
 
-Supported ops (:data:`SUPPORTED_OPS`): Conv (2-D), BatchNormalization, Relu, LeakyRelu, Clip, MaxPool,
-AveragePool, GlobalAveragePool, Add, Concat, Flatten, Reshape (constant shape), Gemm and MatMul with a
-constant weight, Softmax as the final node, Identity and Constant.
+Every op is defined once, in the op table (:mod:`mirrornet_tvm.ops`): its check, its record and module,
+its torch form and its ONNX form. Dropout becomes an Identity record (identity at inference).
 
 ``GraphNet.export_onnx`` writes the records back node for node (names kept). ``torch.onnx.export`` of a
 GraphNet also gives a supported graph, except where ONNX semantics have no single torch op: asymmetric
@@ -25,21 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 from onnx import helper, numpy_helper
 
 from .errors import ModelError, UnsupportedOpError
-
-SUPPORTED_OPS = (
-    "Conv", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish",
-    "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "LRN", "Add",
-    "Sum", "Sub", "Mul", "Div", "Concat", "Flatten", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Pad",
-    "Gemm", "MatMul", "Softmax", "Dropout", "Identity", "Constant",
-)
-# Integer constant operands an op may take (input index -> what it is); every other constant is a weight.
-INTEGER_OPERANDS = {"Reshape": {1: "shape"}, "Unsqueeze": {1: "axes"}, "Squeeze": {1: "axes"},
-                    "Pad": {1: "pads"}, "ReduceMean": {1: "axes"}, "Dropout": {2: "training_mode"}}
-EXPORT_OPSET = 17
+from .ops import (EXPORT_OPSET, INTEGER_OPERANDS, OPS, SUPPORTED_OPS, attributes, node_problem,  # noqa: F401
+                  onnx_constants, onnx_pool_size, supported_ops_text)
 
 
 @dataclass(frozen=True)
@@ -64,154 +53,6 @@ class Node:
     @property
     def output(self) -> str:
         return self.outputs[0]
-
-
-def supported_ops_text() -> str:
-    return ", ".join(op for op in SUPPORTED_OPS)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading ONNX: constants and per-node checks shared with frontend.check_onnx
-# ---------------------------------------------------------------------------------------------------
-
-def onnx_constants(graph: onnx.GraphProto) -> dict:
-    """Tensor name -> numpy array for every initializer, Constant node and Identity of a constant."""
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            consts[node.output[0]] = _constant_value(node)
-        elif node.op_type == "Identity" and node.input[0] in consts:
-            consts[node.output[0]] = consts[node.input[0]]
-    return consts
-
-
-def _constant_value(node) -> np.ndarray:
-    for a in node.attribute:
-        if a.name == "value":
-            return numpy_helper.to_array(a.t)
-        if a.name == "value_float":
-            return np.array(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.array(list(a.floats), dtype=np.float32)
-        if a.name == "value_int":
-            return np.array(a.i, dtype=np.int64)
-        if a.name == "value_ints":
-            return np.array(list(a.ints), dtype=np.int64)
-    raise UnsupportedOpError(
-        f"Constant node '{node.name}' has no tensor, float or int value (sparse or string constants are "
-        "not supported); re-export the model with plain tensor constants")
-
-
-def _attrs(node) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def node_problem(node, consts: dict, graph_outputs: set) -> str | None:
-    """Why ``node`` (a supported op type) cannot be handled, or None."""
-    op, a = node.op_type, _attrs(node)
-    ins = [i for i in node.input]
-    if op == "Conv":
-        if ins[1] not in consts or (len(ins) > 2 and ins[2] and ins[2] not in consts):
-            return "its weight and bias must be constants (initializers)"
-        if consts[ins[1]].ndim != 4:
-            return "only 2-D convolutions (NCHW) are supported"
-        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
-            return "auto_pad SAME_* is not supported; export with explicit pads"
-    elif op == "BatchNormalization":
-        if any(i not in consts for i in ins[1:5]):
-            return "its scale, bias, mean and variance must be constants"
-        if len([o for o in node.output if o]) > 1 or a.get("training_mode", 0):
-            return "training-mode BatchNormalization (extra outputs) is not supported; export in eval mode"
-    elif op in ("MaxPool", "AveragePool"):
-        if len(a.get("kernel_shape", ())) != 2:
-            return "only 2-D pooling is supported"
-        if len([o for o in node.output if o]) > 1:
-            return "MaxPool with an indices output is not supported"
-        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
-            return "auto_pad SAME_* is not supported; export with explicit pads"
-        if op == "AveragePool" and any(d != 1 for d in a.get("dilations", ())):
-            return "dilated AveragePool is not supported"
-    elif op == "Clip":
-        if any(i and i not in consts for i in ins[1:]):
-            return "its min/max must be constants"
-    elif op == "Add":
-        if all(i in consts for i in ins):
-            return "both operands are constants (fold them before export)"
-    elif op == "Reshape":
-        if a.get("allowzero", 0):
-            return "allowzero=1 is not supported; export with allowzero=0 (the default)"
-        if ins[1] not in consts:
-            return ("its target shape is computed at run time (Shape/Gather/Concat); export with static "
-                    "shapes and constant folding (torch.onnx.export(..., do_constant_folding=True)) or use "
-                    "torch.flatten")
-    elif op == "Gemm":
-        if ins[1] not in consts or (len(ins) > 2 and ins[2] and ins[2] not in consts):
-            return "its B and C operands must be constants (a weight and a bias)"
-        if ins[0] in consts:
-            return "its A operand must be the activation"
-    elif op == "MatMul":
-        if ins[1] not in consts or consts[ins[1]].ndim != 2 or ins[0] in consts:
-            return "only activation @ constant 2-D weight is supported"
-    elif op == "Softmax":
-        # final node: its output is a graph output (a combined model may also read it, e.g. backbone_logits)
-        if node.output[0] not in graph_outputs:
-            return "Softmax is supported only as the final node (its output must be a graph output)"
-    elif op == "Concat":
-        if any(i in consts for i in ins):
-            return "concatenating constants is not supported"
-    elif op in ("Sum", "Sub", "Mul", "Div"):
-        if all(i in consts for i in ins if i):
-            return "all operands are constants (fold them before export)"
-    elif op in ("Unsqueeze", "Squeeze", "ReduceMean"):
-        if len(ins) > 1 and ins[1] and ins[1] not in consts:
-            return "its axes must be constants"
-    elif op == "Pad":
-        if len(ins) > 1 and ins[1] and ins[1] not in consts:
-            return "its pads must be constants"
-        if len(ins) > 2 and ins[2] and ins[2] not in consts:
-            return "its constant value must be a constant"
-        if len(ins) > 3 and ins[3]:
-            return "the axes operand (opset 18) is not supported; pad every axis"
-        mode = a.get("mode", b"constant")
-        if mode not in (b"constant", b"reflect", b"edge"):
-            return f"mode {mode.decode()} is not supported (constant, reflect, edge)"
-    elif op == "Dropout":
-        if len(ins) > 2 and ins[2] and (ins[2] not in consts or bool(consts[ins[2]])):
-            return "training_mode must be a constant false (export in eval mode)"
-    elif op == "LRN":
-        if "size" not in a:
-            return "its size attribute is missing"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------------
-# Torch building blocks
-# ---------------------------------------------------------------------------------------------------
-
-class _BatchNorm(torch.nn.BatchNorm2d):
-    """BatchNormalization over dim 1 for any input rank >= 2 (ONNX allows N x C as well as N x C x H x W)."""
-
-    def _check_input_dim(self, input):
-        if input.dim() < 2:
-            raise ValueError(f"BatchNormalization expects at least 2-D input, got {input.dim()}-D")
-
-
-class _Bias(torch.nn.Module):
-    """A trainable constant operand of an ``Add`` (e.g. the bias after a ``MatMul``)."""
-
-    def __init__(self, value: np.ndarray):
-        super().__init__()
-        self.value = torch.nn.Parameter(torch.from_numpy(np.array(value, dtype=np.float32)))
-
-    def forward(self, x):
-        return x + self.value
-
-
-def _pads_split(pads):
-    """ONNX pads [top, left, bottom, right] -> (symmetric (ph, pw) or None, F.pad list)."""
-    t, l, b, r = pads
-    sym = (t, l) if (t == b and l == r) else None
-    return sym, [l, r, t, b]
 
 
 def _sanitize(name: str) -> str:
@@ -417,59 +258,16 @@ class GraphNet(torch.nn.Module):
         return env[self.output_name], env
 
     def _apply(self, n: Node, args):
-        op, a = n.op, n.attrs
-        x = args[0]
-        if op == "Conv":
-            m = self.layers[n.module]
-            if a["_fpad"] is not None:
-                x = F.pad(x, a["_fpad"])
-            return m(x)
-        if op in ("BatchNormalization", "Gemm", "MatMul") or (op == "Add" and n.module):
-            if op == "Gemm" and a.get("transA"):
-                x = x.transpose(0, 1)
-            return self.layers[n.module](x)
-        if op == "Relu":
-            return F.relu(x)
-        if op == "LeakyRelu":
-            return F.leaky_relu(x, a["alpha"])
-        if op == "Clip":
-            return torch.clamp(x, a["min"], a["max"])
-        if op in ("MaxPool", "AveragePool"):
-            if self._crops is None:  # shape tracing: find the pools whose torch size differs from ONNX's
-                size = _onnx_pool_size(x, a)
-            if op == "MaxPool":
-                if a["_fpad"] is not None:
-                    x = F.pad(x, a["_fpad"], value=float("-inf"))
-                y = F.max_pool2d(x, a["kernel_shape"], a["strides"], a["_tpad"], a["dilations"],
-                                 ceil_mode=bool(a["ceil_mode"]))
-            else:
-                y = _avg_pool(x, a)
-            if self._crops is None:
-                if tuple(y.shape[2:]) != size:
-                    self._trace_crops[n.name] = size
-            else:
-                size = self._crops.get(n.name)
-            return y if size is None or tuple(y.shape[2:]) == size else y[:, :, : size[0], : size[1]]
-        if op == "GlobalAveragePool":  # adaptive pooling exports back as GlobalAveragePool
-            if x.dim() == 4:
-                return F.adaptive_avg_pool2d(x, 1)
-            return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
-        if op == "Add":
-            return args[0] + args[1]
-        if op == "Concat":
-            return torch.cat(args, dim=a["axis"])
-        if op == "Flatten":
-            axis = a["axis"] % x.dim() if x.dim() else 0
-            if axis == 1:
-                return torch.flatten(x, 1)
-            return x.reshape(int(np.prod(x.shape[:axis])), -1)
-        if op == "Reshape":
-            return _reshape(x, a)
-        if op == "Softmax":
-            return torch.softmax(x, dim=a["axis"])
-        if op == "Identity":
-            return x
-        raise UnsupportedOpError(f"GraphNet cannot run op {op} (node '{n.name}')")
+        y = OPS[n.op].forward(args, n.attrs, self.module_of(n))
+        if n.op not in ("MaxPool", "AveragePool"):
+            return y
+        if self._crops is None:  # shape tracing: find the pools whose torch size differs from ONNX's
+            size = onnx_pool_size(args[0], n.attrs)
+            if tuple(y.shape[2:]) != size:
+                self._trace_crops[n.name] = size
+        else:
+            size = self._crops.get(n.name)
+        return y if size is None or tuple(y.shape[2:]) == size else y[:, :, : size[0], : size[1]]
 
     # -- writing ONNX ---------------------------------------------------------------------------------
     def export_onnx(self, path=None, extra_outputs=None, output_name: str | None = None,
@@ -497,38 +295,11 @@ class GraphNet(torch.nn.Module):
             return name
 
         for n in self.nodes:
-            ins = [r(t) for t in n.inputs]
-            outs = [r(t) for t in n.outputs]
-            attrs = {k: v for k, v in n.attrs.items() if not k.startswith("_")}
-            m = self.module_of(n)
             key = n.module or _sanitize(n.name)
-            op = n.op
-            if op == "Conv":
-                ins.append(const(f"{key}.weight", _np(m.weight)))
-                if m.bias is not None:
-                    ins.append(const(f"{key}.bias", _np(m.bias)))
-            elif op == "BatchNormalization":
-                ins += [const(f"{key}.weight", _np(m.weight)), const(f"{key}.bias", _np(m.bias)),
-                        const(f"{key}.running_mean", _np(m.running_mean)),
-                        const(f"{key}.running_var", _np(m.running_var))]
-            elif op == "Gemm":
-                ins.append(const(f"{key}.weight", _np(m.weight)))
-                if m.bias is not None:
-                    ins.append(const(f"{key}.bias", _np(m.bias)))
-                attrs = {"transA": attrs.get("transA", 0), "transB": 1, "alpha": 1.0, "beta": 1.0}
-            elif op == "MatMul":
-                ins.append(const(f"{key}.weight", _np(m.weight).T))
-            elif op == "Add" and m is not None:
-                ins.append(const(f"{key}.value", _np(m.value)))
-            elif op == "Clip":
-                lo, hi = attrs.pop("min"), attrs.pop("max")
-                ins.append(const(f"{key}.min", lo) if lo is not None else "")
-                ins.append(const(f"{key}.max", hi) if hi is not None else "")
-                while ins and ins[-1] == "":
-                    ins.pop()
-            elif op == "Reshape":
-                ins.append(const(f"{key}.shape", attrs.pop("shape"), np.int64))
-            onodes.append(helper.make_node(op, ins, outs, name=n.name, **attrs))
+            table = OPS[n.op]
+            params = table.params(self.module_of(n)) if n.module else {}
+            onodes += table.emit(n.name, [r(t) for t in n.inputs], [r(t) for t in n.outputs], n.attrs, params,
+                                 lambda suffix, value, dtype=np.float32, key=key: const(f"{key}.{suffix}", value, dtype))
 
         outputs = [helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT,
                                                  self.tensor_shapes[self.output_name])]
@@ -551,148 +322,13 @@ class GraphNet(torch.nn.Module):
         return model
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy().astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------------
-# ONNX node -> (Node, torch module)
-# ---------------------------------------------------------------------------------------------------
-
 def _convert(n, name: str, consts: dict, opset: int):
-    op = n.op_type
-    a = _attrs(n)
+    """One ONNX node -> (Node record, torch module or None), through the op table."""
+    if n.op_type not in OPS:
+        raise UnsupportedOpError(
+            f"node '{name}' uses op {n.op_type}, which is not supported; supported ops: {supported_ops_text()}")
+    attrs, module = OPS[n.op_type].convert(n, attributes(n), consts, opset)
     acts = tuple(i for i in n.input if i and i not in consts)
     outs = tuple(o for o in n.output if o)
-    module = None
-
-    def record(attrs):
-        return Node(name, op, acts, outs[:1], attrs)
-
-    if op == "Conv":
-        w = consts[n.input[1]]
-        b = consts[n.input[2]] if len(n.input) > 2 and n.input[2] else None
-        k = tuple(a.get("kernel_shape", w.shape[2:]))
-        pads = tuple(a.get("pads", (0, 0, 0, 0)))
-        sym, fpad = _pads_split(pads)
-        attrs = {"kernel_shape": k, "strides": tuple(a.get("strides", (1, 1))), "pads": pads,
-                 "dilations": tuple(a.get("dilations", (1, 1))), "group": int(a.get("group", 1)),
-                 "_fpad": None if sym else fpad}
-        group = attrs["group"]
-        module = torch.nn.Conv2d(w.shape[1] * group, w.shape[0], k, attrs["strides"], sym or 0,
-                                 attrs["dilations"], group, bias=b is not None)
-        with torch.no_grad():
-            module.weight.copy_(torch.from_numpy(w.astype(np.float32)))
-            if b is not None:
-                module.bias.copy_(torch.from_numpy(b.astype(np.float32)))
-        return record(attrs), module
-    if op == "BatchNormalization":
-        scale, bias, mean, var = (consts[i].astype(np.float32) for i in n.input[1:5])
-        eps, mom = float(a.get("epsilon", 1e-5)), float(a.get("momentum", 0.9))
-        module = _BatchNorm(scale.shape[0], eps=eps, momentum=1.0 - mom)
-        with torch.no_grad():
-            module.weight.copy_(torch.from_numpy(scale))
-            module.bias.copy_(torch.from_numpy(bias))
-            module.running_mean.copy_(torch.from_numpy(mean))
-            module.running_var.copy_(torch.from_numpy(var))
-        return record({"epsilon": eps, "momentum": mom}), module
-    if op == "Relu" or op == "Identity" or op == "GlobalAveragePool":
-        return record({}), None
-    if op == "LeakyRelu":
-        return record({"alpha": float(a.get("alpha", 0.01))}), None
-    if op == "Clip":
-        lo = a.get("min") if opset < 11 else None
-        hi = a.get("max") if opset < 11 else None
-        if len(n.input) > 1 and n.input[1]:
-            lo = float(consts[n.input[1]])
-        if len(n.input) > 2 and n.input[2]:
-            hi = float(consts[n.input[2]])
-        return record({"min": None if lo is None else float(lo), "max": None if hi is None else float(hi)}), None
-    if op in ("MaxPool", "AveragePool"):
-        k = tuple(a["kernel_shape"])
-        pads = tuple(a.get("pads", (0, 0, 0, 0)))
-        sym, fpad = _pads_split(pads)
-        # torch pools accept padding up to half the kernel; otherwise pad explicitly
-        if sym and any(p > kk // 2 for p, kk in zip(sym, k)):
-            sym = None
-        attrs = {"kernel_shape": k, "strides": tuple(a.get("strides", (1, 1))), "pads": pads,
-                 "ceil_mode": int(a.get("ceil_mode", 0)), "_tpad": sym or (0, 0),
-                 "_fpad": None if sym else fpad}
-        if op == "MaxPool":
-            attrs["dilations"] = tuple(a.get("dilations", (1, 1)))
-        else:
-            attrs["count_include_pad"] = int(a.get("count_include_pad", 0))
-        return record(attrs), None
-    if op == "Add":
-        const_in = [i for i in n.input if i in consts]
-        if const_in:
-            module = _Bias(consts[const_in[0]])
-        return record({}), module
-    if op == "Concat":
-        return record({"axis": int(a["axis"])}), None
-    if op == "Flatten":
-        return record({"axis": int(a.get("axis", 1))}), None
-    if op == "Reshape":
-        return record({"shape": tuple(int(s) for s in consts[n.input[1]])}), None
-    if op == "Gemm":
-        w = consts[n.input[1]].astype(np.float32)
-        c = consts[n.input[2]].astype(np.float32) if len(n.input) > 2 and n.input[2] else None
-        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
-        wt = w if a.get("transB", 0) else w.T          # (out, in)
-        module = torch.nn.Linear(wt.shape[1], wt.shape[0], bias=c is not None)
-        with torch.no_grad():
-            module.weight.copy_(torch.from_numpy(alpha * wt))
-            if c is not None:
-                module.bias.copy_(torch.from_numpy(np.broadcast_to(beta * c, (1, wt.shape[0])).reshape(-1).copy()))
-        return record({"transA": int(a.get("transA", 0))}), module
-    if op == "MatMul":
-        w = consts[n.input[1]].astype(np.float32)      # (in, out)
-        module = torch.nn.Linear(w.shape[0], w.shape[1], bias=False)
-        with torch.no_grad():
-            module.weight.copy_(torch.from_numpy(w.T.copy()))
-        return record({}), module
-    if op == "Softmax":
-        return record({"axis": int(a.get("axis", -1 if opset >= 13 else 1))}), None
-    raise UnsupportedOpError(
-        f"node '{name}' uses op {op}, which is not supported; supported ops: {supported_ops_text()}")
-
-
-def _onnx_pool_size(x, a) -> tuple:
-    """Output (H, W) of an ONNX pool: with ceil_mode, a last window starting in the end padding is dropped.
-
-    torch keeps such a window when the end padding is explicit (F.pad), so those pools are cropped.
-    """
-    out = []
-    for i, (n, k, s, d) in enumerate(zip(x.shape[2:], a["kernel_shape"], a["strides"], a.get("dilations", (1, 1)))):
-        head, tail = a["pads"][i], a["pads"][i + 2]
-        span = n + head + tail - ((k - 1) * d + 1)
-        size = (-(-span // s) if a["ceil_mode"] else span // s) + 1
-        if a["ceil_mode"] and (size - 1) * s >= n + head:
-            size -= 1
-        out.append(int(size))
-    return tuple(out)
-
-
-def _avg_pool(x, a):
-    k, s, ceil = a["kernel_shape"], a["strides"], bool(a["ceil_mode"])
-    include = bool(a["count_include_pad"])
-    if a["_fpad"] is None:
-        return F.avg_pool2d(x, k, s, a["_tpad"], ceil_mode=ceil, count_include_pad=include)
-    if include:
-        return F.avg_pool2d(F.pad(x, a["_fpad"]), k, s, 0, ceil_mode=ceil)
-    # asymmetric padding that must not be counted: average of the padded input over the padded ones
-    ones = torch.ones_like(x[:1, :1])
-    num = F.avg_pool2d(F.pad(x, a["_fpad"]), k, s, 0, ceil_mode=ceil)
-    den = F.avg_pool2d(F.pad(ones, a["_fpad"]), k, s, 0, ceil_mode=ceil)
-    return num / den
-
-
-def _reshape(x, a):
-    shape = list(a["shape"])
-    if len(shape) == 2 and shape[1] == -1 and shape[0] in (0, 1, -1) or shape == [x.shape[0], -1]:
-        return torch.flatten(x, 1) if x.dim() > 1 else x.reshape(1, -1)
-    shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
-    # keep the batch dimension free when the target preserves it, so training batches work
-    if shape and shape[0] == 1 and -1 not in shape[1:]:
-        shape[0] = -1
-    return x.reshape(shape)
+    op = "Identity" if n.op_type == "Dropout" else n.op_type  # identity at inference
+    return Node(name, op, acts, outs[:1], attrs), module

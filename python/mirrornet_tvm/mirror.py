@@ -30,12 +30,17 @@ from onnx import helper, numpy_helper
 
 from . import __version__
 from .errors import StrategyError
-from .graph import GraphNet, _avg_pool
+from .graph import GraphNet
+from .ops import OPS
 from .strategy import FLOAT_BYTES, SecureMemory, Strategy, cpm_secure_memory
 
 MIN_CHANNELS = 4
 CPM_PREFIX = "cpm/"
-_POINTWISE = ("Relu", "LeakyRelu", "Clip")
+_POINTWISE = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LRN")
+_ELEMENTWISE = ("Add", "Sum", "Sub", "Mul", "Div")
+_LAYOUT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze")
+# plan bookkeeping in CpmOp.attrs that is not an ONNX attribute
+_PLAN_KEYS = frozenset({"in_channels", "out_channels", "bn_source", "init_from", "sel_in", "sel_out", "select"})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,6 +166,7 @@ class _Builder:
         self.ratio = ratio
         self.min_channels = min_channels
         self.final = final
+        self.keep = _keep_width(graph, final)
         self.ops: list[CpmOp] = []
         self.mt: dict = {}        # backbone tensor -> CPM tensor
         self.shape: dict = {}     # CPM tensor -> shape (batch 1)
@@ -230,20 +236,21 @@ class _Builder:
         xs = self.shape.get(x)
         key = f"{len(self.ops)}_{op.lower()}"
         sel_in = self.sel.get(x)
-        if op == "Identity" or (op == "Add" and n.module) or n.name in self.absorbed:
+        if n.name in self.absorbed:  # a batch norm folded into its convolution, a shuffle's later nodes
+            return self.alias(n) if op == "BatchNormalization" else None
+        if op == "Identity" or (op in _ELEMENTWISE and n.module and len(ins) == 1):
+            # constant operands (a bias, a scale, a normalisation) are left to the CPM's own batch norms
             return self.alias(n)
         if op == "Conv":
             a = n.attrs
             m = g.module_of(n)
             cin_b, group = m.in_channels, a["group"]
             cin = xs[1]
-            if group == 1:
-                cout, g2 = self.scale(bshape[1]), 1
-            elif group == cin_b and m.out_channels == cin_b:
-                cout, g2 = cin, cin
-            else:
-                raise StrategyError(f"cannot mirror grouped convolution '{n.name}' (group {group}); "
-                                    "only plain and depthwise convolutions are mirrored")
+            if group > 1 and group == cin_b and m.out_channels == cin_b:
+                cout, g2 = cin, cin  # depthwise: one filter per mirrored channel
+            else:  # plain or grouped: as many groups of the original as the mirrored counts divide into
+                cout = bshape[1] if bout in self.keep else self.scale(bshape[1])
+                g2 = max(d for d in range(1, group + 1) if group % d == 0 and cin % d == 0 and cout % d == 0)
             consumers = g.consumers(bout)
             bn = consumers[0].name if (len(consumers) == 1 and consumers[0].op == "BatchNormalization") else None
             if bn:
@@ -253,7 +260,7 @@ class _Builder:
             attrs = {k_: v for k_, v in a.items()}
             attrs.update(in_channels=cin, out_channels=cout, group=g2, bn_source=bn, init_from=n.name,
                          sel_in=sel_in)
-            sel_out = tuple(range(cout)) if group == 1 else sel_in
+            sel_out = sel_in if g2 == cin and cout == cin and group > 1 else tuple(range(cout))
             out = self.emit(key, "Conv", "mirror", n.name, [x], shape, attrs,
                             cout * (cin // g2) * k + cout, 2 * _numel(shape) * (cin // g2) * k,
                             sel=sel_out)
@@ -261,19 +268,28 @@ class _Builder:
             out = self.emit(key, op, "mirror", n.name, [x], xs, dict(n.attrs, init_from=n.name),
                             4 * xs[1], 2 * _numel(xs), sel=sel_in)
         elif op in _POINTWISE:
-            out = self.emit(key, op, "mirror", n.name, [x], xs, dict(n.attrs), 0, _numel(xs), sel=sel_in)
+            flops = _numel(xs) * (n.attrs["size"] + 3 if op == "LRN" else 1)
+            out = self.emit(key, op, "mirror", n.name, [x], xs, dict(n.attrs), 0, flops, sel=sel_in)
         elif op in ("MaxPool", "AveragePool"):
             shape = (1, xs[1]) + tuple(bshape[2:])
             out = self.emit(key, op, "mirror", n.name, [x], shape, dict(n.attrs), 0,
                             _numel(shape) * int(np.prod(n.attrs["kernel_shape"])), sel=sel_in)
-        elif op == "GlobalAveragePool":
-            out = self.emit(key, op, "mirror", n.name, [x], (1, xs[1], 1, 1), {}, 0, _numel(xs), sel=sel_in)
-        elif op == "Add":
+        elif op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean"):
+            if op == "ReduceMean" and sorted(d % len(xs) for d in (n.attrs["axes"] or ())) != [2, 3]:
+                raise StrategyError(f"cannot mirror ReduceMean '{n.name}' over axes {n.attrs['axes']} "
+                                    "(only the spatial mean over H, W)")
+            shape = self._shape_of(op, n.attrs, [xs])
+            out = self.emit(key, op, "mirror", n.name, [x], shape, dict(n.attrs), 0, _numel(xs), sel=sel_in)
+        elif op in _ELEMENTWISE:
             shapes = [self.shape[t] for t in ins]
-            if shapes[0] != shapes[1]:
-                raise StrategyError(f"the mirrored inputs of Add '{n.name}' differ in shape {shapes}; "
-                                    "choose another width ratio")
-            out = self.emit(key, op, "mirror", n.name, ins, xs, {}, 0, _numel(xs), sel=sel_in)
+            try:
+                shape = tuple(np.broadcast_shapes(*shapes))
+            except ValueError:
+                raise StrategyError(f"the mirrored inputs of {op} '{n.name}' do not broadcast {shapes}; "
+                                    "choose another width ratio") from None
+            widest = max(ins, key=lambda t: _numel(self.shape[t]))
+            out = self.emit(key, "Sum" if len(ins) > 2 else op, "mirror", n.name, ins, shape, {}, 0,
+                            _numel(shape) * (len(ins) - 1), sel=self.sel.get(widest))
         elif op == "Concat":
             if n.attrs["axis"] not in (1, -3 if len(xs) == 4 else 1):
                 raise StrategyError(f"cannot mirror Concat '{n.name}' on axis {n.attrs['axis']} "
@@ -285,19 +301,25 @@ class _Builder:
                 sel.extend(offset + i for i in self.sel.get(t, range(self.shape[t][1])))
                 offset += g.tensor_shapes[bt][1]
             out = self.emit(key, op, "mirror", n.name, ins, shape, {"axis": 1}, sel=sel)
-        elif op in ("Flatten", "Reshape"):
-            if len(bshape) != 2 or (op == "Flatten" and n.attrs["axis"] != 1):
-                raise StrategyError(f"cannot mirror {op} '{n.name}' to shape {bshape}; only flattening "
-                                    "to [batch, features] is mirrored")
+        elif op in ("Flatten", "Reshape") and len(bshape) == 2 and len(xs) > 2:
+            if op == "Flatten" and n.attrs["axis"] != 1:
+                raise StrategyError(f"cannot mirror Flatten '{n.name}' on axis {n.attrs['axis']}")
             hw = _numel(xs[2:])
             bhw = _numel(g.tensor_shapes[n.inputs[0]][2:])
             sel = None if sel_in is None else [c * bhw + p for c in sel_in for p in range(hw)]
             out = self.emit(key, "Flatten", "mirror", n.name, [x], (1, _numel(xs)), {"axis": 1}, sel=sel)
+        elif op in _LAYOUT + ("Flatten",):
+            return self.layout(n, key, x, xs, sel_in)
+        elif op == "Pad":
+            if any(n.attrs["pads"][i] or n.attrs["pads"][i + len(xs)] for i in range(2)):
+                raise StrategyError(f"cannot mirror Pad '{n.name}': it pads the batch or channel axis")
+            shape = self._shape_of(op, n.attrs, [xs])
+            out = self.emit(key, op, "mirror", n.name, [x], shape, dict(n.attrs), sel=sel_in)
         elif op in ("Gemm", "MatMul"):
             if len(xs) != 2 or n.attrs.get("transA"):
                 raise StrategyError(f"cannot mirror {op} '{n.name}' on a {len(xs)}-d input")
             fin = xs[1]
-            fout = bshape[1] if bout == self.final else self.scale(bshape[1])
+            fout = bshape[1] if bout in self.keep else self.scale(bshape[1])
             sel_out = tuple(range(fout))
             out = self.emit(key, "Gemm", "mirror", n.name, [x], (1, fout),
                             {"in_channels": fin, "out_channels": fout, "init_from": n.name, "sel_in": sel_in},
@@ -305,6 +327,94 @@ class _Builder:
         else:
             raise StrategyError(f"cannot mirror op {op} (node '{n.name}')")
         self.mt[bout] = out
+
+    @staticmethod
+    def _shape_of(op: str, attrs: dict, in_shapes) -> tuple:
+        """Output shape of a weightless op on the mirrored shapes (run once on zeros)."""
+        with torch.no_grad():
+            y = OPS[op].forward([torch.zeros(s) for s in in_shapes], attrs, None)
+        return tuple(y.shape)
+
+    def layout(self, n, key, x, xs, sel_in):
+        """Reshape / Transpose / Squeeze / Unsqueeze after the tap.
+
+        A chain of them that maps a feature map back to its own shape and only reorders its channels
+        (the channel shuffle Reshape-Transpose-Reshape) is the identity on the mirrored channels, which
+        keep their backbone channel indices, permuted. A reshape that only adds or removes unit axes
+        (``[1, C] <-> [1, C, 1, 1]`` around a squeeze-and-excitation gate) keeps the mirrored width.
+        """
+        g = self.g
+        bin_shape, bshape = g.tensor_shapes[n.inputs[0]], g.tensor_shapes[n.outputs[0]]
+        if [d for d in bin_shape if d != 1] == [d for d in bshape if d != 1] and len(xs) == len(bin_shape):
+            c = xs[1]
+            shape = tuple(c if d == bin_shape[1] and i == bshape.index(bin_shape[1]) else d
+                          for i, d in enumerate(bshape))
+            attrs = dict(n.attrs)
+            op = n.op
+            if op in ("Reshape", "Flatten"):
+                op, attrs = "Reshape", {"shape": shape}
+            out = self.emit(key, op, "mirror", n.name, [x], shape, attrs, sel=sel_in)
+            self.mt[n.outputs[0]] = out
+            return
+        chain, t = self._permutation_chain(n)
+        if chain is None:
+            raise StrategyError(f"cannot mirror {n.op} '{n.name}' from {list(bin_shape)} to {list(bshape)}; "
+                                "only flattening, unit axes and channel permutations (shuffles) are mirrored")
+        perm = _channel_permutation(g, chain)
+        inverse = {src: dst for dst, src in enumerate(perm)}
+        self.absorbed.update(c.name for c in chain[1:])
+        self.mt[t] = x
+        if sel_in is not None:
+            self.sel[x] = tuple(inverse[c] for c in sel_in)
+
+    def _permutation_chain(self, n):
+        """The layout nodes from ``n`` up to the first tensor shaped like ``n``'s input, or (None, None)."""
+        g = self.g
+        start = g.tensor_shapes[n.inputs[0]]
+        chain, node = [], n
+        while node is not None and node.op in _LAYOUT and len(chain) < 8:
+            chain.append(node)
+            t = node.outputs[0]
+            if g.tensor_shapes[t] == start:
+                return chain, t
+            consumers = g.consumers(t)
+            node = consumers[0] if len(consumers) == 1 else None
+        return None, None
+
+
+def _channel_permutation(graph, chain) -> list:
+    """For a layout chain from a map back to its shape: the input channel each output channel holds."""
+    shape = graph.tensor_shapes[chain[0].inputs[0]]
+    x = torch.arange(shape[1], dtype=torch.float64).view(1, -1, *([1] * (len(shape) - 2))).expand(shape)
+    with torch.no_grad():
+        for node in chain:
+            x = OPS[node.op].forward([x], node.attrs, None)
+    flat = x.reshape(shape[0], shape[1], -1)
+    if not torch.equal(flat, flat[:, :, :1].expand_as(flat)):
+        raise StrategyError(f"the layout chain from '{chain[0].name}' to '{chain[-1].name}' mixes spatial "
+                            "positions, not only channels; it cannot be mirrored")
+    perm = [int(v) for v in flat[0, :, 0]]
+    if sorted(perm) != list(range(shape[1])):
+        raise StrategyError(f"the layout chain from '{chain[0].name}' is not a channel permutation")
+    return perm
+
+
+def _keep_width(graph: GraphNet, final: str) -> set:
+    """Backbone tensors whose mirror keeps its full width: the output of the last Conv/Gemm before the logits.
+
+    Everything between it and the logits (activations, pooling, flattening) preserves its features, so
+    it must produce the class count (a Gemm classifier, or SqueezeNet's final 1x1 convolution).
+    """
+    t = final
+    while True:
+        node = graph.producer(t)
+        if node is None:
+            return set()
+        if node.op in ("Conv", "Gemm", "MatMul"):
+            return {t}
+        if not node.inputs:
+            return set()
+        t = node.inputs[0]
 
 
 def plan_cpm(graph: GraphNet, strategy: Strategy, *, taps: dict | None = None,
@@ -459,36 +569,9 @@ class CPM(torch.nn.Module):
         return env[self.plan.output]
 
     def _run_op(self, op: CpmOp, args):
-        x, a = args[0], op.attrs
-        if op.op == "Conv":
-            if a.get("_fpad") is not None:
-                x = F.pad(x, a["_fpad"])
-            y = self.layers[op.key](x)
-            return self.norms[op.key](y) if op.key in self.norms else y
-        if op.op in ("Gemm", "BatchNormalization"):
-            return self.layers[op.key](x)
-        if op.op == "Relu":
-            return F.relu(x)
-        if op.op == "LeakyRelu":
-            return F.leaky_relu(x, a["alpha"])
-        if op.op == "Clip":
-            return torch.clamp(x, a["min"], a["max"])
-        if op.op == "MaxPool":
-            if a.get("_fpad") is not None:
-                x = F.pad(x, a["_fpad"], value=float("-inf"))
-            return F.max_pool2d(x, a["kernel_shape"], a["strides"], a["_tpad"], a["dilations"],
-                                ceil_mode=bool(a["ceil_mode"]))
-        if op.op == "AveragePool":
-            return _avg_pool(x, a)
-        if op.op == "GlobalAveragePool":
-            return x.mean(dim=(2, 3), keepdim=True)
-        if op.op == "Add":
-            return args[0] + args[1]
-        if op.op == "Concat":
-            return torch.cat(args, dim=1)
-        if op.op == "Flatten":
-            return torch.flatten(x, 1)
-        raise StrategyError(f"CPM op {op.op} has no torch form")
+        layer = self.layers[op.key] if op.key in self.layers else None
+        y = OPS[op.op].forward(args, op.attrs, layer)
+        return self.norms[op.key](y) if op.key in self.norms else y
 
     # -- export ---------------------------------------------------------------------------------------
     def folded(self, op: CpmOp) -> tuple[np.ndarray, np.ndarray]:
@@ -509,56 +592,21 @@ class CPM(torch.nn.Module):
         rename = {self.plan.output: "logits"}
         r = lambda t: rename.get(t, t)  # noqa: E731
 
-        def const(name, value):
-            inits.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name))
+        def const(name, value, dtype=np.float32):
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=dtype), name))
             return name
 
         for op in self.plan.ops:
             name = f"{CPM_PREFIX}{op.key}"
-            ins, out, a = [r(t) for t in op.inputs], r(op.output), op.attrs
-            if op.op == "Conv":
+            if op.op in ("Conv", "Gemm"):
                 w, b = self.folded(op)
-                pads = list(a["pads"])
-                nodes.append(helper.make_node(
-                    "Conv", ins + [const(f"{name}.weight", w), const(f"{name}.bias", b)], [out], name=name,
-                    kernel_shape=list(a["kernel_shape"]), strides=list(a["strides"]), pads=pads,
-                    dilations=list(a["dilations"]), group=int(a["group"])))
-            elif op.op == "Gemm":
-                w, b = self.folded(op)
-                nodes.append(helper.make_node("Gemm", ins + [const(f"{name}.weight", w),
-                                                             const(f"{name}.bias", b)], [out],
-                                              name=name, transB=1))
-            elif op.op == "BatchNormalization":
-                bn = self.layers[op.key]
-                nodes.append(helper.make_node(
-                    "BatchNormalization",
-                    ins + [const(f"{name}.{k}", getattr(bn, k).detach().numpy())
-                           for k in ("weight", "bias", "running_mean", "running_var")],
-                    [out], name=name, epsilon=float(bn.eps)))
-            elif op.op in ("Relu", "GlobalAveragePool", "Add"):
-                nodes.append(helper.make_node(op.op, ins, [out], name=name))
-            elif op.op == "LeakyRelu":
-                nodes.append(helper.make_node(op.op, ins, [out], name=name, alpha=float(a["alpha"])))
-            elif op.op == "Clip":
-                extra = [const(f"{name}.min", np.float32(a["min"])) if a["min"] is not None else "",
-                         const(f"{name}.max", np.float32(a["max"])) if a["max"] is not None else ""]
-                while extra and extra[-1] == "":
-                    extra.pop()
-                nodes.append(helper.make_node(op.op, ins + extra, [out], name=name))
-            elif op.op in ("MaxPool", "AveragePool"):
-                kw = {"kernel_shape": list(a["kernel_shape"]), "strides": list(a["strides"]),
-                      "pads": list(a["pads"]), "ceil_mode": int(a["ceil_mode"])}
-                if op.op == "MaxPool":
-                    kw["dilations"] = list(a["dilations"])
-                else:
-                    kw["count_include_pad"] = int(a["count_include_pad"])
-                nodes.append(helper.make_node(op.op, ins, [out], name=name, **kw))
-            elif op.op == "Concat":
-                nodes.append(helper.make_node("Concat", ins, [out], name=name, axis=1))
-            elif op.op == "Flatten":
-                nodes.append(helper.make_node("Flatten", ins, [out], name=name, axis=1))
+                params = {"weight": w, "bias": b}
             else:
-                raise StrategyError(f"CPM op {op.op} has no ONNX form")
+                params = OPS[op.op].params(self.layers[op.key]) if op.key in self.layers else {}
+            onnx_attrs = {k: v for k, v in op.attrs.items() if k not in _PLAN_KEYS}
+            nodes += OPS[op.op].emit(name, [r(t) for t in op.inputs], [r(op.output)], onnx_attrs, params,
+                                     lambda suffix, value, dtype=np.float32, name=name:
+                                     const(f"{name}.{suffix}", value, dtype))
         return nodes, inits
 
 
