@@ -210,7 +210,7 @@ def _shape_of(node, shape) -> np.ndarray:
 
 
 def _foldable(node, consts, shapes, outputs) -> bool:
-    if node.domain not in _STANDARD or node.op_type in _NOT_FOLDED or any(o in outputs for o in node.output):
+    if node.op_type in _NOT_FOLDED or any(o in outputs for o in node.output):
         return False
     if node.op_type == "Shape":
         return node.input[0] in shapes
@@ -226,6 +226,22 @@ def _evaluate(node, opsets, feeds) -> list:
     return ReferenceEvaluator(graph, opsets=opsets).run(None, feeds)
 
 
+class _Constants(dict):
+    """Tensor name -> numpy value; initializers are read only when a folded node needs them."""
+
+    def __init__(self, initializers):
+        super().__init__()
+        self.protos = {t.name: t for t in initializers}
+
+    def __contains__(self, name):
+        return dict.__contains__(self, name) or name in self.protos
+
+    def __getitem__(self, name):
+        if not dict.__contains__(self, name):
+            self[name] = numpy_helper.to_array(self.protos[name])
+        return dict.__getitem__(self, name)
+
+
 def _fold_constants(model) -> bool:
     """Fold until nothing more folds: each round can make more shapes static (e.g. a Pad's output once its
     pads are known), so the next round's ``Shape`` nodes fold too."""
@@ -234,36 +250,36 @@ def _fold_constants(model) -> bool:
     outputs = {o.name for o in g.output}
     changed = False
     while True:
-        consts = {t.name: t for t in g.initializer}
-        values = {}
-        for n in g.node:
-            if n.op_type == "Constant" and n.domain in _STANDARD:
-                values[n.output[0]] = _evaluate(n, opsets, {})[0]
+        consts = _Constants(g.initializer)
         shapes = _static_shapes(model) if any(n.op_type == "Shape" for n in g.node) else {}
         folded, new = [], []
         for n in g.node:
-            if not _foldable(n, consts.keys() | values.keys(), shapes, outputs):
+            if n.domain not in _STANDARD:
                 continue
-            if n.op_type == "Shape":
-                results = [_shape_of(n, shapes[n.input[0]])]
-            else:
-                feeds = {t: values[t] if t in values else numpy_helper.to_array(consts[t]) for t in n.input if t}
-                results = _evaluate(n, opsets, feeds)
-            for name, value in zip(n.output, results):
-                if name:
-                    values[name] = np.asarray(value)
-                    new.append(name)
-            folded.append(n)
+            if n.op_type == "Constant":  # a constant as it is: kept unless what reads it folds
+                consts[n.output[0]] = _evaluate(n, opsets, {})[0]
+            elif n.op_type == "Identity" and n.input[0] in consts:
+                consts[n.output[0]] = consts[n.input[0]]
+            elif _foldable(n, consts, shapes, outputs):
+                results = ([_shape_of(n, shapes[n.input[0]])] if n.op_type == "Shape" else
+                           _evaluate(n, opsets, {t: consts[t] for t in n.input if t}))
+                consts.update((name, np.asarray(v)) for name, v in zip(n.output, results) if name)
+                new += [name for name in n.output if name]
+                folded.append(n)
         if not folded:
             return changed
         changed = True
         for n in folded:
             g.node.remove(n)
         used = {t for n in g.node for t in n.input} | outputs
-        g.initializer.extend(numpy_helper.from_array(values[t], t) for t in new if t in used)
-        dead = [n for n in g.node if n.op_type == "Constant" and n.output[0] not in used]
-        for n in dead:
-            g.node.remove(n)
+        g.initializer.extend(numpy_helper.from_array(consts[t], t) for t in new if t in used)
+        while True:  # constants no longer read
+            dead = [n for n in g.node if n.op_type in ("Constant", "Identity") and not set(n.output) & used]
+            for n in dead:
+                g.node.remove(n)
+            used = {t for n in g.node for t in n.input} | outputs
+            if not dead:
+                break
         keep = [t for t in g.initializer if t.name in used]
         del g.initializer[:]
         g.initializer.extend(keep)
