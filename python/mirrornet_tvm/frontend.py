@@ -153,12 +153,21 @@ def _check_ops(g, where):
         raise UnsupportedOpError(f"node '{name}' of {where} uses op {op}, which is not supported{also}; "
                                  f"supported ops: {supported_ops_text()}")
     consts = onnx_constants(g)
-    outputs = {o.name for o in g.output}
+    outputs = final_tensors(g)
     for i, n in enumerate(g.node):
         why = node_problem(n, consts, outputs)
         if why:
             raise UnsupportedOpError(f"{n.op_type} at node '{n.name or f'#{i}'}' of {where} is not supported: "
                                      f"{why}")
+
+
+def final_tensors(g) -> set:
+    """The graph outputs and the tensors that reach one only through reshapes (Reshape, Flatten, Identity)."""
+    finals = {o.name for o in g.output}
+    for n in reversed(g.node):
+        if n.op_type in ("Reshape", "Flatten", "Identity") and n.output[0] in finals:
+            finals.add(n.input[0])
+    return finals
 
 
 def _check_dtypes(g, where):

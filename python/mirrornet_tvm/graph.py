@@ -167,7 +167,15 @@ class GraphNet(torch.nn.Module):
         finally:
             self.train(was_training)
             self._crops = self._trace_crops
-        return {name: tuple(t.shape) for name, t in tensors.items()}
+        shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+        for i, n in enumerate(self.nodes):  # a Softmax of opset < 13: say whether it spans several axes
+            if n.op == "Softmax" and n.attrs.get("_flat") is True:
+                rank = len(shapes[n.inputs[0]])
+                spans = rank > 2 and n.attrs["axis"] % rank != rank - 1
+                self.nodes[i] = Node(n.name, n.op, n.inputs, n.outputs,
+                                     dict(n.attrs, _flat=(-1,) + shapes[n.inputs[0]][1:] if spans else False),
+                                     n.module)
+        return shapes
 
     # -- queries --------------------------------------------------------------------------------------
     @property

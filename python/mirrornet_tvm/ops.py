@@ -41,6 +41,10 @@ def _operand(node, i: int):
     return node.input[i] if len(node.input) > i and node.input[i] else None
 
 
+def _scalar(value) -> float:
+    return float(np.asarray(value).reshape(-1)[0])
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float32)
 
@@ -215,9 +219,9 @@ class _Clip(_Activation):
         lo = a.get("min") if opset < 11 else None
         hi = a.get("max") if opset < 11 else None
         if _operand(node, 1):
-            lo = float(consts[node.input[1]])
+            lo = _scalar(consts[node.input[1]])
         if _operand(node, 2):
-            hi = float(consts[node.input[2]])
+            hi = _scalar(consts[node.input[2]])
         return {"min": None if lo is None else float(lo), "max": None if hi is None else float(hi)}, None
 
     def forward(self, args, a, module):
@@ -614,8 +618,8 @@ class _Unsqueeze(Op):
     def forward(self, args, a, module):
         x, axes = args[0], a["axes"]
         if self.name == "Squeeze":
-            if axes is None:  # every size-1 dimension but the batch, which training batches keep
-                axes = [d for d in range(1, x.dim()) if x.shape[d] == 1]
+            if axes is None:  # every size-1 dimension (the batch too, for one image)
+                axes = [d for d in range(x.dim()) if x.shape[d] == 1]
             for d in sorted((d % x.dim() for d in axes), reverse=True):
                 x = x.squeeze(d)
             return x
@@ -768,15 +772,32 @@ class _Softmax(Op):
     pass_through = True
 
     def problem(self, node, a, consts, graph_outputs):
-        # final node: its output is a graph output (a combined model may also read it, e.g. backbone_logits)
+        # final node: its output is a graph output, or only reshaped into one (a combined model may also
+        # read it, e.g. backbone_logits)
         if node.output[0] not in graph_outputs:
             return "Softmax is supported only as the final node (its output must be a graph output)"
 
     def convert(self, node, a, consts, opset):
-        return {"axis": int(a.get("axis", -1 if opset >= 13 else 1))}, None
+        # before opset 13 the input is coerced to 2-D at the axis and normalised over the trailing block
+        return {"axis": int(a.get("axis", -1 if opset >= 13 else 1)), "_flat": opset < 13}, None
 
     def forward(self, args, a, module):
-        return torch.softmax(args[0], dim=a["axis"])
+        x = args[0]
+        if a.get("_flat") and x.dim() > 2:
+            axis = a["axis"] % x.dim()
+            return torch.softmax(x.flatten(axis), dim=-1).reshape(x.shape)
+        return torch.softmax(x, dim=a["axis"])
+
+    def emit(self, name, ins, outs, a, params, const):
+        shape = a.get("_flat")
+        if not isinstance(shape, tuple):  # one axis (GraphNet resolves _flat once it knows the rank)
+            return [helper.make_node("Softmax", list(ins), list(outs), name=name, axis=a["axis"])]
+        # spanning several axes (opset < 13): flatten them, normalise, restore the shape
+        flat, soft = f"{name}:flat", f"{name}:softmax"
+        return [helper.make_node("Flatten", list(ins), [flat], name=flat, axis=a["axis"]),
+                helper.make_node("Softmax", [flat], [soft], name=soft, axis=-1),
+                helper.make_node("Reshape", [soft, const("shape", np.array(shape, np.int64), np.int64)],
+                                 list(outs), name=name)]
 
     def cost(self, in_shapes, out_shape, a, module):
         return 0, 3 * math.prod(out_shape)
