@@ -106,6 +106,8 @@ def case(id_: str, opset: int, ops, make, **kw) -> None:
 def _dropout(g: Graph, with_inputs: bool):
     if g.opset < 12:
         d = g.op("Dropout", [INPUT], ratio=0.3)
+    elif with_inputs == "ratio":
+        d = g.op("Dropout", [INPUT, g.const(0.5)])
     elif with_inputs:
         d = g.op("Dropout", [INPUT, g.const(0.3), g.const(False, np.bool_)])
     else:
@@ -118,12 +120,17 @@ for o in (7, 11):
 for o in (12, 21):
     case(f"Dropout-{o}-inputs", o, "Dropout", lambda g: _dropout(g, True))
     case(f"Dropout-{o}-no_inputs", o, "Dropout", lambda g: _dropout(g, False))
+    case(f"Dropout-{o}-ratio_only", o, "Dropout", lambda g: _dropout(g, "ratio"))
 
 # Sum: no broadcasting before opset 8
 case("Sum-7", 7, "Sum", lambda g: g.op("Sum", [INPUT, g.op("Relu", [INPUT]), g.weight(*SHAPE)], OUTPUT))
 for o in (8, 21):
     case(f"Sum-{o}-broadcast", o, "Sum",
          lambda g: g.op("Sum", [INPUT, g.op("Relu", [INPUT]), g.weight(8, 1, 1)], OUTPUT))
+for o in (7, 21):
+    case(f"Sum-{o}-one", o, "Sum Relu", lambda g: g.op("Sum", [g.op("Relu", [INPUT])], OUTPUT))
+    case(f"Sum-{o}-four", o, "Sum Relu Sigmoid Tanh", lambda g: g.op(
+        "Sum", [INPUT, g.op("Relu", [INPUT]), g.op("Sigmoid", [INPUT]), g.op("Tanh", [INPUT])], OUTPUT))
 for o in (7, 21):
     case(f"Add-{o}-const_broadcast", o, "Add", lambda g: g.op("Add", [INPUT, g.weight(1, 8, 1, 1)], OUTPUT))
     case(f"Add-{o}-const_left_scalar", o, "Add", lambda g: g.op("Add", [g.const(0.25), INPUT], OUTPUT))
@@ -134,6 +141,8 @@ for o in (7, 21):
     case(f"Sub-{o}-const_left", o, "Sub", lambda g: g.op("Sub", [g.weight(1, 8, 1, 1), INPUT], OUTPUT))
     case(f"Sub-{o}-tensor", o, "Sub Relu", lambda g: g.op("Sub", [INPUT, g.op("Relu", [INPUT])], OUTPUT))
     case(f"Div-{o}-scalar", o, "Div", lambda g: g.op("Div", [INPUT, g.const(255.0)], OUTPUT))
+    case(f"Div-{o}-tensor", o, "Div Add Relu",
+         lambda g: g.op("Div", [INPUT, g.op("Add", [g.op("Relu", [INPUT]), g.const(1.0)])], OUTPUT))
     case(f"Normalize-{o}", o, "Sub Div",  # (x - mean) / std, as an input normalisation
          lambda g: g.op("Div", [g.op("Sub", [INPUT, g.const(g.rng.uniform(-0.5, 0.5, (1, 8, 1, 1)))]),
                                 g.const(g.rng.uniform(0.2, 0.3, (1, 8, 1, 1)))], OUTPUT))
@@ -153,6 +162,8 @@ for o in (7, 21):
     case(f"SE-{o}-HardSigmoid", o, "Mul HardSigmoid GlobalAveragePool Conv", lambda g: _se(g, "HardSigmoid"))
     case(f"Sigmoid-{o}", o, "Sigmoid", lambda g: g.op("Sigmoid", [g.op("Mul", [INPUT, g.const(4.0)])], OUTPUT))
     case(f"Tanh-{o}", o, "Tanh", lambda g: g.op("Tanh", [g.op("Mul", [INPUT, g.const(2.0)])], OUTPUT))
+    case(f"Sigmoid-{o}-saturated", o, "Sigmoid", lambda g: g.op("Sigmoid", [g.op("Mul", [INPUT, g.const(60.0)])], OUTPUT))
+    case(f"Tanh-{o}-saturated", o, "Tanh", lambda g: g.op("Tanh", [g.op("Mul", [INPUT, g.const(60.0)])], OUTPUT))
     case(f"HardSigmoid-{o}", o, "HardSigmoid", lambda g: g.op("HardSigmoid", [INPUT], alpha=0.3, beta=0.4, output=OUTPUT))
     case(f"HardSigmoid-{o}-default", o, "HardSigmoid",
          lambda g: g.op("HardSigmoid", [g.op("Mul", [INPUT, g.const(3.0)])], OUTPUT))
@@ -193,6 +204,7 @@ def _shuffle(g: Graph, groups: int):
 
 for o in (7, 21):
     case(f"Transpose-{o}-nhwc", o, "Transpose", lambda g: g.op("Transpose", [INPUT], OUTPUT, perm=[0, 2, 3, 1]))
+    case(f"Transpose-{o}-hw", o, "Transpose", lambda g: g.op("Transpose", [INPUT], OUTPUT, perm=[0, 1, 3, 2]))
     case(f"Transpose-{o}-default_perm", o, "Transpose", lambda g: g.op("Transpose", [INPUT], OUTPUT))
     case(f"ChannelShuffle-{o}-g2", o, "Reshape Transpose", lambda g: _shuffle(g, 2))
     case(f"ChannelShuffle-{o}-g4", o, "Reshape Transpose", lambda g: _shuffle(g, 4))
@@ -225,10 +237,20 @@ for o in (7, 21):
          shape=(1, 8, 9, 9))
     case(f"Conv-{o}-depthwise_multiplier2", o, "Conv",
          lambda g: g.op("Conv", [INPUT, g.weight(16, 1, 3, 3), g.weight(16)], OUTPUT, group=8), shape=(1, 8, 6, 6))
+    case(f"Conv-{o}-depthwise_asymmetric_pads", o, "Conv",  # as converted from TensorFlow (SAME, stride 2)
+         lambda g: g.op("Conv", [INPUT, g.weight(8, 1, 3, 3), g.weight(8)], OUTPUT, group=8, strides=[2, 2],
+                        pads=[0, 0, 1, 1]), shape=(1, 8, 8, 8))
+    case(f"Conv-{o}-grouped_dilated", o, "Conv",
+         lambda g: g.op("Conv", [INPUT, g.weight(8, 4, 3, 3)], OUTPUT, group=2, dilations=[2, 2], pads=[2, 2, 2, 2]))
+    case(f"Conv-{o}-depthwise_5x5_wide", o, "Conv",  # a row wider than one register tile
+         lambda g: g.op("Conv", [INPUT, g.weight(8, 1, 5, 5), g.weight(8)], OUTPUT, group=8, pads=[2, 2, 2, 2]),
+         shape=(1, 8, 20, 20))
     case(f"Conv-{o}-grouped4_pointwise", o, "Conv",
          lambda g: g.op("Conv", [INPUT, g.weight(8, 2, 1, 1), g.weight(8)], OUTPUT, group=4))
     case(f"GlobalMaxPool-{o}", o, "GlobalMaxPool", lambda g: g.op("GlobalMaxPool", [INPUT], OUTPUT))
     case(f"Flatten-{o}", o, "Flatten", lambda g: g.op("Flatten", [INPUT], OUTPUT))
+    case(f"Flatten-{o}-axis0", o, "Flatten", lambda g: g.op("Flatten", [INPUT], OUTPUT, axis=0))
+    case(f"Flatten-{o}-axis2", o, "Flatten", lambda g: g.op("Flatten", [INPUT], OUTPUT, axis=2))
     case(f"Flatten-{o}-gap", o, "Flatten GlobalAveragePool",
          lambda g: g.op("Flatten", [g.op("GlobalAveragePool", [INPUT])], OUTPUT, axis=1))
     case(f"Reshape-{o}", o, "Reshape", lambda g: g.op("Reshape", [INPUT, g.ints([1, -1])], OUTPUT))
@@ -241,7 +263,9 @@ for o in (7, 21):
          lambda g: g.op("Softmax", [g.op("Gemm", [g.op("Flatten", [g.op("GlobalAveragePool", [INPUT])]),
                                                    g.weight(10, 8, scale=2.0), g.weight(10)], transB=1)], OUTPUT),
          final_only=True)
-for o in (12, 13):  # the last opset of the old Softmax semantics, the first of the new
+    case(f"Softmax-{o}-last_axis", o, "Softmax", lambda g: g.op("Softmax", [INPUT], OUTPUT, axis=-1),
+         final_only=True)
+for o in (7, 12, 13, 21):  # opset 12 is the last of the old Softmax semantics, 13 the first of the new
     case(f"Softmax-{o}-axis2", o, "Softmax", lambda g: g.op("Softmax", [INPUT], OUTPUT, axis=2), final_only=True)
 
 for o in (7, 17, 18, 21):
@@ -260,6 +284,20 @@ for o in (11, 21):
     case(f"Clip-{o}-inputs", o, "Clip", lambda g: g.op("Clip", [INPUT, g.const(-0.5), g.const(0.75)], OUTPUT))
     case(f"Clip-{o}-min_only", o, "Clip", lambda g: g.op("Clip", [INPUT, g.const(0.0)], OUTPUT))
     case(f"Clip-{o}-max_only", o, "Clip", lambda g: g.op("Clip", [INPUT, "", g.const(0.5)], OUTPUT))
+
+
+def _constant_node(g: Graph, value) -> str:
+    return g.op("Constant", [], value=numpy_helper.from_array(np.asarray(value)))
+
+
+# operands as Constant nodes rather than initializers, as torch.onnx.export writes them
+for o in (13, 21):
+    case(f"Clip-{o}-constant_nodes", o, "Clip Constant", lambda g: g.op(
+        "Clip", [INPUT, _constant_node(g, np.float32(-0.5)), _constant_node(g, np.float32(0.5))], OUTPUT))
+    case(f"Unsqueeze-{o}-constant_node", o, "Unsqueeze Constant",
+         lambda g: g.op("Unsqueeze", [INPUT, _constant_node(g, np.array([0], np.int64))], OUTPUT))
+    case(f"Pad-{o}-constant_node", o, "Pad Constant", lambda g: g.op(
+        "Pad", [INPUT, _constant_node(g, np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))], OUTPUT, mode="reflect"))
 
 assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
 BY_ID = {c.id: c for c in CASES}
