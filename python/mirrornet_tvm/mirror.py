@@ -200,9 +200,10 @@ class _Builder:
         return self.emit(key, "Conv", "project", source, [src], shape, attrs,
                          cin * cout + cout, 2 * _numel(shape) * cin)
 
-    def start(self, tap: str, tensor: str):
+    def start(self, tap: str, tensor: str, last_weighted: bool = False):
+        """Project the first tap; past the last Conv/Gemm (``last_weighted``) it keeps its width (the classes)."""
         shape = self.g.tensor_shapes[tensor]
-        cout = self.scale(shape[1])
+        cout = shape[1] if last_weighted else self.scale(shape[1])
         out = self.project(f"project_{tap}", tap, f"tap:{tap}", shape, cout, shape[2:],
                            select=range(cout))
         self.sel[out] = tuple(range(cout))
@@ -435,7 +436,7 @@ def plan_cpm(graph: GraphNet, strategy: Strategy, *, taps: dict | None = None,
         raise StrategyError(f"tap(s) {', '.join(missing)} do not lie between {strategy.taps[0]} and the "
                             "logits")
     b = _Builder(graph, strategy.width_ratio, min_channels, final)
-    b.start(strategy.taps[0], tensors[0])
+    b.start(strategy.taps[0], tensors[0], not any(n.op in ("Conv", "Gemm", "MatMul") for n in nodes))
     for n in nodes:
         b.mirror(n)
         if n.outputs[0] in later:
