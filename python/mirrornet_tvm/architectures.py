@@ -16,7 +16,7 @@ se_resnet18    resnet18 with squeeze-and-excitation (reduction 16) per block 11,
 =============  ===========================================================  ==========  ========
 
 The CIFAR layouts change only the early downsampling, as the common CIFAR versions of these networks
-do, so the last feature maps of a 32x32 image are 4x4 (2x2 for SqueezeNet) instead of 1x1:
+do, so the last feature maps of a 32x32 image are 4x4 instead of 1x1:
 
 * ResNets, SE-ResNet, DenseNet: the stem is a 3x3 stride-1 conv (padding 1) without the max-pool.
 * MobileNetV2: the stem conv has stride 1 and the first 24-channel stage stride 1 (instead of 2 and 2).

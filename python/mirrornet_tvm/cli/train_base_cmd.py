@@ -5,7 +5,10 @@ import click
 
 from ..errors import UsageError
 
-_MODELS = ("lenet", "vgg", "resnet")
+# zoo.ALL_NAMES (not imported here: importing the zoo imports torch): the small models, then the
+# standard architectures, which take 3-channel images of at least 32x32 (e.g. --dataset fashion-mnist-rgb).
+_MODELS = ("lenet", "vgg", "resnet", "resnet18", "resnet50", "mobilenet_v2", "squeezenet1_1", "densenet121",
+           "se_resnet18")
 
 
 def _parse_shape(ctx, param, value):
@@ -22,11 +25,12 @@ def _parse_shape(ctx, param, value):
 
 
 @click.command("train-base")
-@click.option("--model", "model_name", required=True, type=click.Choice(_MODELS), help="Zoo model to train.")
+@click.option("--model", "model_name", required=True, type=click.Choice(_MODELS),
+              help="Zoo model to train (resnet18 ... se_resnet18 need 3-channel data, e.g. fashion-mnist-rgb).")
 @click.option("--dataset", required=True, metavar="NAME",
               help="fashion-mnist, mnist, fashion-mnist-rgb, mnist-rgb, or a path to an .npz file.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Training epochs [default: lenet 4, vgg 3, resnet 3].")
+              help="Training epochs [default: lenet 4, vgg 3, resnet 3, the standard architectures 1].")
 @click.option("--subset", type=click.IntRange(min=1), default=None, metavar="N",
               help="Train on a deterministic class-stratified subset of N training images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights and sample order.")
