@@ -139,7 +139,8 @@ def classic_file(opset, in_shape=(1, 3, 8, 8)):
              helper.make_node("LRN", ["r1"], ["l1"], name="lrn1", size=3, alpha=1e-4, beta=0.75, bias=1.0),
              helper.make_node("Sum", ["l1", "r1"], ["s1"], name="sum1"),
              helper.make_node("MaxPool", ["s1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
-             helper.make_node("Dropout", ["p1"], ["d1"], name="drop1", ratio=0.4, **({"is_test": 1} if opset < 7 else {}))]
+             helper.make_node("Dropout", ["p1"], ["d1"], name="drop1", ratio=0.4,
+                              **({"is_test": 1} if opset < 7 else {}))]
     if opset < 5:
         nodes.append(helper.make_node("Reshape", ["d1"], ["f1"], name="flat", shape=[1, -1]))
     else:

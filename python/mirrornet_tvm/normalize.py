@@ -20,9 +20,9 @@ caller's proto and never writes files. In order:
 Folding uses onnx's own ``onnx.reference.ReferenceEvaluator`` per node and ``onnx.shape_inference`` for
 the shapes: on torch exports (opsets 11-17, computed ``F.pad`` and ``view`` flatten) it folds every chain
 in memory (a 1057-node EfficientNet-style export with 17 padding chains became 88 nodes in 1.6 s), keeps
-every node and tensor name and leaves BatchNormalization alone, whereas onnxruntime's
-offline optimisation needs a file and fuses Conv+BN, Pad+Conv and Relu+Clip unless each rule is disabled
-by name, and onnxslim and onnxsim fold Pad into Conv (renaming outputs) by default.
+every node and tensor name and leaves BatchNormalization alone, whereas onnxruntime's offline optimisation
+needs a file and fuses Conv+BN, Pad+Conv and Relu+Clip unless each rule is disabled by name, and onnxslim
+and onnxsim fold Pad into Conv (renaming outputs) by default.
 """
 from __future__ import annotations
 
