@@ -8,7 +8,10 @@
     ARTIFACT/checkpoint.pt    joint-training checkpoint (``resume=True`` continues from it)
 
 Accuracies are measured on the dataset's real test split, in PyTorch, and the combined ONNX file is
-checked against PyTorch in onnxruntime on test images before the artifact is declared done.
+checked against PyTorch in onnxruntime on test images before the artifact is declared done. With
+``epochs=0`` nothing is trained and the dataset may be left out: the artifact is the untrained split (the
+original backbone, the CPM its initial slice), for compile and latency work on networks without a dataset
+at their input size; its metrics hold no accuracy.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from .util import atomic_write, read_json, sha256_file, write_json
 ARTIFACT_FILES = ("original.onnx", "combined.onnx", "backbone.onnx", "strategy.json", "metrics.json")
 AUTO_FLOP_SHARE = 0.05
 ONNX_CHECK_IMAGES = 32
+UNTRAINED_CHECK_IMAGES = 4  # random images that check the export of a model built with epochs=0
 FLOOR_CANDIDATES = 3        # strategies --auto --security-floor tries at most
 ONNX_TOLERANCE = 1e-4    # of the outputs' scale, max(1, |output|): see _onnx_check
 AUTO_NOTE = ("chosen by secure memory and FLOPs alone (no performance emulator: give --tuning DIR from "
@@ -150,7 +154,7 @@ def training_config(config: JointConfig | dict | None, degradation: str) -> Join
     return JointConfig.for_degradation(degradation, **(config or {}))
 
 
-def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = False,
+def protect(model_path, dataset: str | None, out_dir, *, strategy=None, auto: bool = False,
             config: JointConfig | dict | None = None, subset: int | None = None,
             budget_bytes: int = DEFAULT_BUDGET_BYTES, degradation: str | None = None, tuning=None,
             resume: bool = False, force: bool = False, threads: int | None = None,
@@ -198,22 +202,35 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
         _say(True, f"strategy {s.name}: {how}")
         _say(True, f"CPM: {cost.flop_share:.2%} of the model's FLOPs, {cost.param_share:.2%} of its parameters, "
                    f"{cost.memory.total / 1024:.1f} KiB of secure memory")
-    x_train, y_train, x_test, y_test = data.load(dataset, subset=subset)
-    _check_data(original, x_train, y_train, dataset)
-
-    original_acc = evaluate(original, x_test, y_test)
-    _say(progress, f"original model: {original_acc:.2%} test accuracy on {dataset} ({len(x_test)} images)")
+    untrained = config.epochs == 0
+    if dataset is None and not untrained:
+        raise UsageError("give --dataset to train on, or --epochs 0 to build the combined model without training "
+                         "(for compile and latency work: such a model is not protected)")
+    if dataset is not None:
+        x_train, y_train, x_test, y_test = data.load(dataset, subset=subset)
+        _check_data(original, x_train, y_train, dataset)
+        original_acc = evaluate(original, x_test, y_test)
+        _say(progress, f"original model: {original_acc:.2%} test accuracy on {dataset} ({len(x_test)} images)")
+    else:   # check the export on seeded random images of the model's input shape
+        x_train = y_train = y_test = None
+        x_test = np.random.default_rng(config.seed).standard_normal(
+            (UNTRAINED_CHECK_IMAGES,) + tuple(original.input_shape[1:])).astype(np.float32)
     torch.manual_seed(config.seed)
     backbone = strip_softmax(GraphNet.from_onnx(model.proto))
     net = MirrorNet(backbone, s)
     out.mkdir(parents=True, exist_ok=True)
     lr_bb = config.backbone_lr(s)
-    _say(progress, f"joint training: {len(x_train)} images, {config.epochs} epoch(s), seed {config.seed}, "
-                   f"{threads} thread(s), degradation {s.degradation}, tail {config.tail}, backbone "
-                   + (f"lr {lr_bb:g}" if lr_bb else "frozen before the last tap"))
-    result = train_joint(net, x_train, y_train, config, teacher=original if config.distill > 0 else None,
-                         checkpoint=ckpt, resume=resume, progress=progress)
-    acc = evaluate_mirrornet(net, x_test, y_test)
+    if untrained:
+        _say(progress, "no training (--epochs 0): the CPM is its initial slice of the backbone and the backbone "
+                       "is the original; the combined model is for compile and latency work, not protected")
+        result = None
+    else:
+        _say(progress, f"joint training: {len(x_train)} images, {config.epochs} epoch(s), seed {config.seed}, "
+                       f"{threads} thread(s), degradation {s.degradation}, tail {config.tail}, backbone "
+                       + (f"lr {lr_bb:g}" if lr_bb else "frozen before the last tap"))
+        result = train_joint(net, x_train, y_train, config, teacher=original if config.distill > 0 else None,
+                             checkpoint=ckpt, resume=resume, progress=progress)
+    acc = evaluate_mirrornet(net, x_test, y_test) if dataset is not None else None
 
     src = Path(model_path)
     atomic_write(out / "original.onnx",
@@ -226,17 +243,20 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
         raise ModelError(f"{out / 'combined.onnx'} differs from the trained PyTorch model by {diff:.2e} "
                          f"({rel:.2e} of the outputs' scale) in "
                          f"onnxruntime (> {ONNX_TOLERANCE:g} of the scale); the export is wrong")
+    accuracy = None if acc is None else {
+        "original": original_acc, "authorized": acc["authorized"], "illegal": acc["illegal"],
+        "authorized_drop_points": round(100 * (original_acc - acc["authorized"]), 3),
+        "gap_points": round(100 * (acc["authorized"] - acc["illegal"]), 3)}
     metrics = {
         "generated_by": f"mirrornet protect (mirrornet-tvm {__version__})",
         "command": command or "mirrornet_tvm.protect.protect(...)",
         "model": {"source": str(src), "sha256": sha256_file(src), "flops": cost.model_flops,
                   "params": cost.model_params, "input_shape": list(original.input_shape),
                   "num_classes": original.num_classes},
-        "dataset": {"name": dataset, "subset": subset, "train_images": len(x_train),
-                    "test_images": len(x_test), "split": "official test split"},
-        "accuracy": {"original": original_acc, "authorized": acc["authorized"], "illegal": acc["illegal"],
-                     "authorized_drop_points": round(100 * (original_acc - acc["authorized"]), 3),
-                     "gap_points": round(100 * (acc["authorized"] - acc["illegal"]), 3)},
+        "dataset": None if dataset is None else {
+            "name": dataset, "subset": subset, "train_images": len(x_train), "test_images": len(x_test),
+            "split": "official test split"},
+        "accuracy": accuracy,
         "cpm": {"flops": cost.cpm_flops, "params": cost.cpm_params, "flop_share": cost.flop_share,
                 "param_share": cost.param_share, "ops": len(net.plan.ops)},
         "secure_memory": dict(cost.memory.to_dict(), budget=budget_bytes),
@@ -244,18 +264,23 @@ def protect(model_path, dataset: str, out_dir, *, strategy=None, auto: bool = Fa
         "strategy_selection": how,
         "strategy_emulation": choice.emulation,
         "training": {"config": config.to_dict(), "seed": config.seed, "epochs": config.epochs,
-                     "lr_backbone": config.backbone_lr(s),
-                     "threads": threads, "history": result.to_dict()["epochs"],
-                     "resumed_from_epoch": result.resumed_from, "seconds": result.seconds},
-        "onnx_check": {"images": min(ONNX_CHECK_IMAGES, len(x_test)), "max_abs_diff": diff,
-                       "max_rel_diff": rel, "tolerance": ONNX_TOLERANCE},
+                     "trained": not untrained, "lr_backbone": config.backbone_lr(s),
+                     "threads": threads, "history": [] if result is None else result.to_dict()["epochs"],
+                     "resumed_from_epoch": None if result is None else result.resumed_from,
+                     "seconds": 0.0 if result is None else result.seconds},
+        "onnx_check": {"images": min(ONNX_CHECK_IMAGES, len(x_test)),
+                       "inputs": "test images" if dataset is not None else "seeded random images",
+                       "max_abs_diff": diff, "max_rel_diff": rel, "tolerance": ONNX_TOLERANCE},
         "wall_seconds": None,
     }
     metrics["targets"] = check_targets(metrics)
     metrics["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     write_json(out / "metrics.json", metrics)
-    _say(progress, f"authorized {acc['authorized']:.2%} (original {original_acc:.2%}), illegal use "
-                   f"{acc['illegal']:.2%}; artifact written to {out}")
+    if acc is None:
+        _say(progress, f"untrained combined model written to {out}")
+    else:
+        _say(progress, f"authorized {acc['authorized']:.2%} (original {original_acc:.2%}), illegal use "
+                       f"{acc['illegal']:.2%}; artifact written to {out}")
     return ProtectResult(out, metrics)
 
 
@@ -321,10 +346,12 @@ def check_targets(metrics: dict) -> dict:
     """Each target of the protection (see :data:`TARGETS`) with its value and whether it is met."""
     a, c, m = metrics["accuracy"], metrics["cpm"], metrics["secure_memory"]
     t = TARGETS
+    none = {"value": None, "met": None}   # no accuracy without a dataset (epochs=0)
     return {
-        "authorized_within_1_point": {"value": a["authorized_drop_points"],
-                                      "met": a["authorized_drop_points"] <= t["authorized_drop_points"]},
-        "illegal_at_most_15_percent": {"value": a["illegal"], "met": a["illegal"] <= t["illegal_max"]},
+        "authorized_within_1_point": none if a is None else {
+            "value": a["authorized_drop_points"], "met": a["authorized_drop_points"] <= t["authorized_drop_points"]},
+        "illegal_at_most_15_percent": none if a is None else {"value": a["illegal"],
+                                                               "met": a["illegal"] <= t["illegal_max"]},
         "cpm_flops_at_most_5_percent": {"value": c["flop_share"], "met": c["flop_share"] <= t["flop_share_max"]},
         "secure_memory_under_1_mib": {"value": m["total"], "met": m["total"] < t["secure_bytes_max"]},
     }

@@ -98,8 +98,9 @@ class JointConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if int(self.epochs) < 1:
-            raise UsageError(f"epochs must be at least 1, got {self.epochs}")
+        if int(self.epochs) < 0:
+            raise UsageError(f"epochs must be at least 1 (or 0: build the combined model without training), "
+                             f"got {self.epochs}")
         if int(self.batch_size) < 1:
             raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
         for name in ("lr_cpm", "lr_attacker", "temperature"):

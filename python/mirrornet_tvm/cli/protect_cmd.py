@@ -35,7 +35,8 @@ def _command_line() -> str:
 
 @click.command("protect")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--dataset", required=True, help="fashion-mnist, mnist, their -rgb variants, or a .npz path.")
+@click.option("--dataset", default=None,
+              help="fashion-mnist, mnist, their -rgb variants, or a .npz path (required unless --epochs 0).")
 @click.option("--strategy", "strategy_file", type=click.Path(dir_okay=False), default=None,
               help="Strategy JSON (see `mirrornet strategies --json`).")
 @click.option("--auto", is_flag=True,
@@ -45,7 +46,9 @@ def _command_line() -> str:
                    "the strategies the --auto rule accepts.")
 @click.option("--degradation", type=click.Choice(DEGRADATIONS), default=None,
               help="Override the strategy's backbone-degradation objective.")
-@click.option("--epochs", type=int, default=None, help=f"Joint-training epochs {_per_objective('epochs')}.")
+@click.option("--epochs", type=int, default=None,
+              help=f"Joint-training epochs {_per_objective('epochs')}; 0 builds the combined model untrained "
+                   "(compile and latency work; no dataset needed).")
 @click.option("--subset", type=int, default=None, help="Train on a stratified subset of N training images.")
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
 @click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)

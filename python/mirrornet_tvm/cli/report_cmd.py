@@ -13,24 +13,27 @@ def format_report(m: dict, where: str = "") -> str:
     a, c, mem, s = m["accuracy"], m["cpm"], m["secure_memory"], m["strategy"]
     tr = m.get("training", {})
     ds = m.get("dataset", {})
-    d = a["authorized_drop_points"]
-    drop = f"{d:.2f} points below original" if d >= 0 else f"{-d:.2f} points above original"
     lines = [f"MirrorNet artifact {where}".rstrip(),
              f"  model       {m.get('model', {}).get('source', '?')}  "
              f"({m.get('model', {}).get('flops', 0):,} FLOPs, {m.get('model', {}).get('params', 0):,} params)",
+             "  dataset     none: built untrained (--epochs 0), for compile and latency work; NOT protected"
+             if ds is None else
              f"  dataset     {ds.get('name', '?')}: {ds.get('train_images', '?')} training images, "
              f"{ds.get('test_images', '?')} test images ({ds.get('split', '')})",
              f"  strategy    {s['name']}",
              f"              taps {', '.join(s['taps'])}; width 1/{round(1 / s['width_ratio'])}; merge {s['merge']}; "
              f"output {s['output']}; degradation {s['degradation']}",
              f"              {m.get('strategy_selection', '')}",
-             "",
-             "  accuracy (test split)",
-             f"    original    {_pct(a['original'])}",
-             f"    authorized  {_pct(a['authorized'])}   (backbone + CPM; {drop})",
-             f"    illegal use {_pct(a['illegal'])}   (backbone alone; gap {a['gap_points']:.2f} points)",
-             "",
-             f"  CPM         {_pct(c['flop_share'])} of FLOPs ({c['flops']:,}), {_pct(c['param_share'])} of "
+             ""]
+    if a is not None:
+        d = a["authorized_drop_points"]
+        drop = f"{d:.2f} points below original" if d >= 0 else f"{-d:.2f} points above original"
+        lines += ["  accuracy (test split)",
+                  f"    original    {_pct(a['original'])}",
+                  f"    authorized  {_pct(a['authorized'])}   (backbone + CPM; {drop})",
+                  f"    illegal use {_pct(a['illegal'])}   (backbone alone; gap {a['gap_points']:.2f} points)",
+                  ""]
+    lines += [f"  CPM         {_pct(c['flop_share'])} of FLOPs ({c['flops']:,}), {_pct(c['param_share'])} of "
              f"parameters ({c['params']:,}), {c['ops']} ops",
              f"  secure mem  {mem['total'] / 1024:.1f} KiB = weights {mem['weights'] / 1024:.1f} + activations "
              f"{mem['activations'] / 1024:.1f} + taps {mem['taps'] / 1024:.1f} + logits {mem['logits']} B "
@@ -46,7 +49,8 @@ def format_report(m: dict, where: str = "") -> str:
     if targets:
         lines += ["", "  targets"]
         for name, t in targets.items():
-            lines.append(f"    {'met    ' if t['met'] else 'NOT met'}  {name.replace('_', ' ')}")
+            mark = "n/a    " if t["met"] is None else "met    " if t["met"] else "NOT met"
+            lines.append(f"    {mark}  {name.replace('_', ' ')}")
     sec = m.get("security")
     if sec:
         from ..attack.report import summary_lines
@@ -57,7 +61,7 @@ def format_report(m: dict, where: str = "") -> str:
             lines.append(f"  tried before: {d['strategy']}: {d['failures'][0] if d['failures'] else 'met'}")
     if m.get("onnx_check"):
         lines.append(f"\n  combined.onnx vs PyTorch in onnxruntime: max |diff| {m['onnx_check']['max_abs_diff']:.1e} "
-                     f"over {m['onnx_check']['images']} test images")
+                     f"over {m['onnx_check']['images']} {m['onnx_check'].get('inputs', 'test images')}")
     if m.get("command"):
         lines.append(f"  command     {m['command']}")
     if m.get("wall_seconds") is not None:

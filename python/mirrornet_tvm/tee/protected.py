@@ -194,3 +194,36 @@ def protected_inference(build_dir, x, y=None, tee: str = "sim", progress: bool =
         accuracy = correct / n
     return ProtectedRun(str(build_dir), tee, policy, n, correct, accuracy, predictions, outputs, latency,
                         resolution, note)
+
+
+def random_images(build_dir, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` seeded standard-normal images of the build's input shape (for networks without a dataset)."""
+    manifest_path = Path(build_dir) / "manifest.json"
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{build_dir} is not a build folder (no manifest.json): run `mirrornet compile` first")
+    shape = ((read_json(manifest_path).get("backbone") or {}).get("input") or {}).get("shape")
+    if not shape:
+        raise ArtifactError(f"{manifest_path} does not record the backbone's input shape: rebuild with "
+                            "`mirrornet compile`")
+    return np.random.default_rng(seed).standard_normal((n,) + tuple(shape[1:])).astype(np.float32)
+
+
+def reference_agreement(build_dir, x, run: ProtectedRun) -> dict:
+    """How the protected outputs compare with the artifact's combined.onnx in onnxruntime on images ``x``."""
+    import onnxruntime as ort
+
+    from ..util import sha256_file
+
+    source = read_json(Path(build_dir) / "manifest.json").get("generated_from") or {}
+    path = Path(source.get("artifact", "")) / "combined.onnx"
+    if not path.is_file() or sha256_file(path) != source.get("combined.onnx"):
+        raise ArtifactError(f"the artifact this build came from ({path}) is gone or changed; it is needed to "
+                            "check outputs on random images (or give --dataset)")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ref = np.concatenate([sess.run(["logits"], {sess.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(len(x))])
+    want = _predictions(ref, "logits")
+    same = int(np.sum(run.predictions == want))
+    diff = float(np.abs(run.outputs - ref).max()) if run.policy != "label" else None
+    return {"reference": str(path), "images": len(x), "same_top1": same, "max_abs_diff": diff}
