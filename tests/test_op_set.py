@@ -2,8 +2,9 @@
 case imported with ``frontend.to_relax`` matches onnxruntime within 1e-4 on the Relax VM and as the
 CPM's generated C, natively and (for the transcendental ops) freestanding under qemu-aarch64.
 
-The C cases are batched: one generated program per group of cases, each case a tap of its own and
-its output copied, flattened, into the program's result. The copies are opaque kernels, so no case's
+The C cases are batched: one generated program per group of cases, each case (after the compile
+pipeline's clean-up phase, as the CPM gets it) a tap of its own and its output copied, flattened,
+into the program's result. The copies are opaque kernels, so no case's
 kernels fuse with the glue: each op is generated as it would be as the last op of a CPM.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tvm import relax, topi
 
 from mirrornet_tvm.codegen import generate_cpm_c, harness
 from mirrornet_tvm.frontend import to_relax
+from mirrornet_tvm.transform import FoldWeightLayout
 from onnx_op_cases import CASES, ort_run
 
 torch.set_num_threads(1)
@@ -70,9 +72,11 @@ class _RenameGlobals(relax.PyExprMutator):
 def batched_cpm(mods) -> tvm.IRModule:
     """One CPM ``cpm(tap0, tap1, ...)``: case k's ``main`` on tap k, its output copied (an opaque
     kernel) into a flat slice of the result, in order."""
+    clean_up = tvm.transform.Sequential([  # phase 1 of the "mirrornet" pipeline, before the partition
+        relax.transform.DecomposeOpsForInference(), FoldWeightLayout(), relax.transform.CanonicalizeBindings()])
     bb = relax.BlockBuilder()
     mains = []
-    for k, mod in enumerate(mods):
+    for k, mod in enumerate(map(clean_up, mods)):
         renamed = {gv.name_hint: bb.add_func(f, f"case{k}_{gv.name_hint}")
                    for gv, f in mod.functions_items() if gv.name_hint != "main"}
         mains.append(bb.add_func(_RenameGlobals(renamed).visit_expr(mod["main"]).without_attr("global_symbol"),
