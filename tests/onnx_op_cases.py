@@ -50,8 +50,8 @@ class Case:
         inputs = [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, self.shape)]
         if ir_version < 4:  # before IR 4 every initializer is also a graph input (old exporters)
             inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in g.inits]
-        graph = helper.make_graph(g.nodes, self.id, inputs, [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, None)],
-                                  g.inits)
+        outputs = [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, None)]
+        graph = helper.make_graph(g.nodes, self.id, inputs, outputs, g.inits)
         model = helper.make_model(graph, opset_imports=opsets, producer_name="onnx_op_cases", ir_version=ir_version)
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         onnx.checker.check_model(model, full_check=True)
@@ -162,9 +162,11 @@ for o in (7, 21):
     case(f"SE-{o}-HardSigmoid", o, "Mul HardSigmoid GlobalAveragePool Conv", lambda g: _se(g, "HardSigmoid"))
     case(f"Sigmoid-{o}", o, "Sigmoid", lambda g: g.op("Sigmoid", [g.op("Mul", [INPUT, g.const(4.0)])], OUTPUT))
     case(f"Tanh-{o}", o, "Tanh", lambda g: g.op("Tanh", [g.op("Mul", [INPUT, g.const(2.0)])], OUTPUT))
-    case(f"Sigmoid-{o}-saturated", o, "Sigmoid", lambda g: g.op("Sigmoid", [g.op("Mul", [INPUT, g.const(60.0)])], OUTPUT))
+    case(f"Sigmoid-{o}-saturated", o, "Sigmoid",
+         lambda g: g.op("Sigmoid", [g.op("Mul", [INPUT, g.const(60.0)])], OUTPUT))
     case(f"Tanh-{o}-saturated", o, "Tanh", lambda g: g.op("Tanh", [g.op("Mul", [INPUT, g.const(60.0)])], OUTPUT))
-    case(f"HardSigmoid-{o}", o, "HardSigmoid", lambda g: g.op("HardSigmoid", [INPUT], alpha=0.3, beta=0.4, output=OUTPUT))
+    case(f"HardSigmoid-{o}", o, "HardSigmoid",
+         lambda g: g.op("HardSigmoid", [INPUT], OUTPUT, alpha=0.3, beta=0.4))
     case(f"HardSigmoid-{o}-default", o, "HardSigmoid",
          lambda g: g.op("HardSigmoid", [g.op("Mul", [INPUT, g.const(3.0)])], OUTPUT))
 for o in (14, 21):
@@ -279,7 +281,8 @@ for o in (7, 17, 18, 21):
 
 for o in (7, 10):
     case(f"Clip-{o}-attrs", o, "Clip", lambda g: g.op("Clip", [INPUT], OUTPUT, min=-0.5, max=0.75))
-    case(f"Clip-{o}-relu6", o, "Clip", lambda g: g.op("Clip", [g.op("Mul", [INPUT, g.const(4.0)])], OUTPUT, min=0.0, max=6.0))
+    case(f"Clip-{o}-relu6", o, "Clip",
+         lambda g: g.op("Clip", [g.op("Mul", [INPUT, g.const(4.0)])], OUTPUT, min=0.0, max=6.0))
 for o in (11, 21):
     case(f"Clip-{o}-inputs", o, "Clip", lambda g: g.op("Clip", [INPUT, g.const(-0.5), g.const(0.75)], OUTPUT))
     case(f"Clip-{o}-min_only", o, "Clip", lambda g: g.op("Clip", [INPUT, g.const(0.0)], OUTPUT))
