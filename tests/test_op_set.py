@@ -4,8 +4,8 @@ CPM's generated C, natively and (for the transcendental ops) freestanding under 
 
 The C cases are batched: one generated program per group of cases, each case (after the compile
 pipeline's clean-up phase, as the CPM gets it) a tap of its own and its output copied, flattened,
-into the program's result. The copies are opaque kernels, so no case's
-kernels fuse with the glue: each op is generated as it would be as the last op of a CPM.
+into the program's result. The copies are opaque kernels, so no case's kernels fuse with the glue:
+each op is generated as it would be as the last op of a CPM.
 """
 from __future__ import annotations
 
