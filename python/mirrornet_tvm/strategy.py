@@ -5,10 +5,12 @@ A :class:`Strategy` is plain data (JSON round-trip, see docs/architecture.md "Th
 secure-memory budget; :func:`secure_memory` and :func:`cpm_cost` say what one strategy costs.
 
 Default budget: a Raspberry Pi 3 running OP-TEE's ``plat-rpi3`` has about 8 MiB of secure DRAM for all
-trusted applications together (code, data, heap, stacks, page tables). The CPM's TA gets
-:data:`DEFAULT_BUDGET_BYTES` = 1 MiB for its weights, its activation arena and the tapped maps it copies
-in: one eighth of the TA pool, which leaves room for the TA's code and stack, for the supplicant's other
-TAs, and stays far from the 10 MiB heap that ran DarkneTZ out of memory on that board.
+trusted applications together (code, data, heap, stacks, page tables); the CPM's TA may take half of it
+(:mod:`mirrornet_tvm.tee.budget`, which checks the built TA against it). Of those 4 MiB the CPM's
+weights, its activation arena and the tapped maps it copies in get :data:`DEFAULT_BUDGET_BYTES` = 3 MiB;
+the rest is left for the TA's code, heap and stack and OP-TEE's loader. An ImageNet network needs that
+room: a 1000-class classifier on a quarter of MobileNetV2's 1280 features alone is 1.25 MiB. The zoo's
+CPMs take 60 to 130 KiB.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ OUTPUTS = ("logits", "correction")
 DEGRADATIONS = ("uniform", "adversarial", "fewshot")   # fewshot: mirrornet_tvm.degradation
 ENUMERATED_DEGRADATIONS = ("uniform", "adversarial")   # what generate_strategies enumerates by default
 
-DEFAULT_BUDGET_BYTES = 1 << 20
+DEFAULT_BUDGET_BYTES = 3 << 20
 FLOAT_BYTES = 4
 
 _FIELDS = ("taps", "width_ratio", "merge", "output", "degradation", "name")
@@ -273,13 +275,15 @@ def _tap_sets(taps, max_taps: int) -> list[tuple[str, ...]]:
 def generate_strategies(model, budget_bytes: int | None = DEFAULT_BUDGET_BYTES, *,
                         widths=WIDTH_RATIOS, merges=MERGES, outputs=OUTPUTS,
                         degradations=ENUMERATED_DEGRADATIONS, max_taps: int = 2,
-                        max_flop_share: float | None = None) -> list[CpmCost]:
+                        max_flop_share: float | None = None, pruned: list | None = None) -> list[CpmCost]:
     """Enumerate CPM strategies for ``model`` and keep those within ``budget_bytes`` of secure memory.
 
     The space: tap sets (each single tap shallow to deep, then pairs), every width ratio, both merges
     (for multi-tap sets only: with one tap the merge is just the projection), both outputs and both
     degradation objectives. ``budget_bytes=None`` keeps everything; ``max_flop_share`` also prunes by the
-    CPM's share of the model's FLOPs. Returns one :class:`CpmCost` per kept strategy, in enumeration order.
+    CPM's share of the model's FLOPs. Returns one :class:`CpmCost` per kept strategy, in enumeration order;
+    a list given as ``pruned`` receives ``(structure name, reason)`` for every structure left out (all its
+    degradation objectives with it).
     """
     from .analysis import candidate_taps
     from .mirror import model_totals, plan_cpm
@@ -304,9 +308,16 @@ def generate_strategies(model, budget_bytes: int | None = DEFAULT_BUDGET_BYTES, 
                         plans[key] = plan_cpm(graph, Strategy(tap_set, width, merge, output), taps=index)
                     plan = plans[key]
                     mem = plan.secure_memory()
+                    why = None
                     if budget_bytes is not None and mem.total > budget_bytes:
-                        continue
-                    if max_flop_share is not None and flops and plan.flops / flops > max_flop_share:
+                        why = (f"secure memory {mem.total / 1024:.0f} KiB over the {budget_bytes / 1024:.0f} KiB "
+                               f"budget (weights {mem.weights / 1024:.0f}, activations {mem.activations / 1024:.0f}, "
+                               f"taps {mem.taps / 1024:.0f} KiB)")
+                    elif max_flop_share is not None and flops and plan.flops / flops > max_flop_share:
+                        why = f"{plan.flops / flops:.1%} of the model's FLOPs, over {max_flop_share:.0%}"
+                    if why:
+                        if pruned is not None:
+                            pruned.append((Strategy(tap_set, width, merge, output).name.rsplit("-", 1)[0], why))
                         continue
                     for degradation in degradations:
                         s = Strategy(tap_set, width, merge, output, degradation)

@@ -1,7 +1,7 @@
 """`mirrornet protect`: turn a trained model into a MirrorNet (backbone + CPM) and write the artifact."""
 import click
 
-from ..strategy import DEGRADATIONS
+from ..strategy import DEFAULT_BUDGET_BYTES, DEGRADATIONS
 from ..training import OBJECTIVE_DEFAULTS, TAILS, JointConfig
 from ._common import input_shape_option
 
@@ -66,7 +66,7 @@ def _command_line() -> str:
                    f"{_per_objective('distill')}.")
 @click.option("--tail", type=click.Choice(TAILS), default=_D.tail, show_default=True,
               help="Backbone layers after the last tap: re-initialise and freeze, or train.")
-@click.option("--budget-kib", type=int, default=1024, show_default=True,
+@click.option("--budget-kib", type=int, default=DEFAULT_BUDGET_BYTES // 1024, show_default=True,
               help="Secure-memory budget for --auto.")
 @click.option("--security-floor", type=float, default=None, metavar="RATIO",
               help="Attack the protected model (fine-tuning the stolen backbone, linear probes on the taps; "

@@ -47,8 +47,11 @@ def run(build_dir, dataset, random_images, tee, limit, json_out, quiet):
         click.echo(f"authorized accuracy: {res.accuracy:.2%} ({res.correct}/{res.images})")
     else:
         agreement = reference_agreement(build_dir, x_test, res)
-        click.echo(f"against combined.onnx in onnxruntime: max |diff| {agreement['max_abs_diff']:.2e}, "
-                   f"same top-1 on {agreement['same_top1']}/{res.images} images")
+        diff = ("" if agreement["max_abs_diff"] is None else
+                f"max |diff| {agreement['max_abs_diff']:.2e} ({agreement['max_rel_diff']:.1e} of the largest "
+                f"logit, {agreement['reference_scale']:.2e}), ")
+        click.echo(f"against combined.onnx in onnxruntime: {diff}same top-1 on {agreement['same_top1']}/"
+                   f"{res.images} images")
     click.echo(f"{'latency per image':<22}{'mean ms':>10}{'p95 ms':>10}")
     names = {"backbone": "backbone (Relax VM)", "transfer": "transfer (TEE trip)", "cpm": "CPM (TA clock)",
              "total": "total"}

@@ -3,7 +3,7 @@ import json
 
 import click
 
-from ..strategy import DEGRADATIONS
+from ..strategy import DEFAULT_BUDGET_BYTES, DEGRADATIONS
 from ._common import input_shape_option
 
 
@@ -11,7 +11,7 @@ from ._common import input_shape_option
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--tuning", "tuning_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder of `mirrornet tune`: rank by the Performance Emulator's predicted latency.")
-@click.option("--budget-kib", type=int, default=1024, show_default=True,
+@click.option("--budget-kib", type=int, default=DEFAULT_BUDGET_BYTES // 1024, show_default=True,
               help="Secure-memory budget: strategies above it are pruned.")
 @click.option("--max-taps", type=int, default=2, show_default=True, help="Most taps per strategy.")
 @click.option("--degradation", type=click.Choice(DEGRADATIONS), default="uniform", show_default=True,
@@ -50,7 +50,9 @@ def strategies(model, tuning_dir, budget_kib, max_taps, degradation, top, as_jso
     budget = budget_kib * 1024
     loaded = load_model(model, input_shape)
     graph = strip_softmax(loaded.graph())
-    costs = generate_strategies(graph, budget, max_taps=max_taps, degradations=degradations_with(degradation))
+    pruned = []
+    costs = generate_strategies(graph, budget, max_taps=max_taps, degradations=degradations_with(degradation),
+                                pruned=pruned)
     if tuning_dir:
         _ranked(loaded, model, costs, tuning_dir, budget, degradation, top, as_json, json_out, plot, quiet)
         return
@@ -61,13 +63,15 @@ def strategies(model, tuning_dir, budget_kib, max_taps, degradation, top, as_jso
     report = {"generated_by": "mirrornet strategies", "model": model, "budget_bytes": budget,
               "auto": pick.strategy.to_dict() if pick else None,
               "auto_rule": "secure memory and FLOPs alone (give --tuning DIR to rank by predicted latency)",
-              "strategies": [c.to_dict() for c in costs]}
+              "strategies": [c.to_dict() for c in costs],
+              "pruned": [{"structure": name, "reason": why} for name, why in pruned]}
     _write_json(json_out, report)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     if not costs:
         click.echo(f"no strategy fits {budget_kib} KiB of secure memory; raise --budget-kib")
+        _echo_pruned(pruned)
         return
     w = max(len(c.strategy.name) for c in costs)
     click.echo(f"{'strategy':<{w}}  {'secure KiB':>10}  {'weights':>8}  {'activ.':>8}  {'taps':>8}  "
@@ -79,10 +83,21 @@ def strategies(model, tuning_dir, budget_kib, max_taps, degradation, top, as_jso
                    f"{100 * c.param_share:>6.2f}%")
     click.echo(f"\n{len(costs)} strategies within {budget_kib} KiB (KiB columns: secure memory and its parts; "
                "FLOPs/params: the CPM's share of the model)")
+    _echo_pruned(pruned)
     if pick:
         click.echo(f"--auto would pick {pick.strategy.name} (by secure memory and FLOPs alone)")
     click.echo("For predicted latencies: `mirrornet tune MODEL -o DIR`, then `mirrornet strategies MODEL "
                "--tuning DIR`")
+
+
+def _echo_pruned(pruned, shown: int = 3):
+    """How many structures the budget left out, and why, for the first few of them."""
+    if not pruned:
+        return
+    click.echo(f"{len(pruned)} strategy structures pruned (each with every degradation objective); first "
+               f"{min(shown, len(pruned))} (all with --json):")
+    for name, why in pruned[:shown]:
+        click.echo(f"  {name}: {why}")
 
 
 def _write_json(path, report):

@@ -226,4 +226,7 @@ def reference_agreement(build_dir, x, run: ProtectedRun) -> dict:
     want = _predictions(ref, "logits")
     same = int(np.sum(run.predictions == want))
     diff = float(np.abs(run.outputs - ref).max()) if run.policy != "label" else None
-    return {"reference": str(path), "images": len(x), "same_top1": same, "max_abs_diff": diff}
+    scale = float(np.abs(ref).max())
+    return {"reference": str(path), "images": len(x), "same_top1": same, "max_abs_diff": diff,
+            "max_rel_diff": None if diff is None else diff / max(scale, np.finfo(np.float32).tiny),
+            "reference_scale": scale}
