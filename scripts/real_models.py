@@ -7,7 +7,10 @@ Run by scripts/real-models.sh, each part in its own virtual environment:
             (weights=None) through tf2onnx.convert.from_keras at opsets 13 and 17
     torch   (needs torch + onnxscript)         small CNNs written with torch.nn through
             torch.onnx.export: TorchScript path (dynamo=False) at opsets 9, 11, 13, 17, with and
-            without a dynamic batch, and the dynamo path (dynamo=True, opset 18)
+            without a dynamic batch (one with residual blocks as ONNX local functions), and the
+            dynamo path (dynamo=True, opset 18)
+    inspect (the project's environment)       `mirrornet inspect` on every file written; the
+            outcomes (accepted, or the error line) go to inspect.tsv and inspect.json
 
 Every file is checked with onnx.checker, run in onnxruntime on a random input and compared with
 the framework's own output; the folder's manifest.json lists each file's exporter and version,
@@ -80,6 +83,38 @@ KERAS_MODELS = [  # (application, input size)
 KERAS_OPSETS = (13, 17)
 
 
+def _randomize_keras(model, seed: int) -> None:
+    """He-scaled kernels and BN statistics of realistic size.
+
+    Keras's default initializers leave a deep application's output nearly uniform (MobileNetV2's
+    softmax is 0.001 everywhere), which would make the onnxruntime comparison vacuous.
+    """
+    import keras
+
+    rng = np.random.default_rng(seed)
+    dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.1, c).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, c).astype(np.float32))
+            if layer.gamma is not None:
+                layer.gamma.assign(rng.uniform(0.8, 1.2, c).astype(np.float32))
+            if layer.beta is not None:
+                layer.beta.assign(rng.normal(0, 0.05, c).astype(np.float32))
+            continue
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            k = getattr(layer, "depthwise_kernel", None) or layer.kernel  # Keras 2 / Keras 3
+            fan_in = k.shape[0] * k.shape[1]
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            k = layer.kernel
+            fan_in = int(np.prod(k.shape[:-1]))
+        else:
+            continue
+        gain = 1.0 if dense and layer is dense[-1] else 2.0
+        k.assign((rng.standard_normal(k.shape) * np.sqrt(gain / fan_in)).astype(np.float32))
+
+
 def export_keras(out: Path, only: list[str] | None) -> int:
     import keras
     import tensorflow as tf
@@ -100,7 +135,11 @@ def export_keras(out: Path, only: list[str] | None) -> int:
             failed.append({"model": f"{app}@{size}", "stage": "keras", "error": repr(e)})
             say(f"{app} {size}x{size}: {e!r}")
             continue
-        x = np.random.default_rng(0).standard_normal((1, size, size, 3)).astype(np.float32)
+        _randomize_keras(model, 0)
+        # Keras applications take images in [0, 255] (EfficientNet rescales inside the model).
+        x = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+        if app != "EfficientNetB0":
+            x = x / 127.5 - 1.0
         ref = np.asarray(model(x, training=False))
         spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="input"),)
         for opset in KERAS_OPSETS:
@@ -346,13 +385,70 @@ def export_torch(out: Path, only: list[str] | None, size: int = 224) -> int:
     return finish(out, entries, failed)
 
 
+# -- the project's front end on every file (outside the test suite) ------------------------------
+def inspect_all(root: Path, mirrornet: str, timeout: int = 600) -> int:
+    """``mirrornet inspect --json`` on every file under ``root``/*/; outcomes to inspect.tsv/json.
+
+    A refusal is an outcome to record, not a failure of this run.
+    """
+    import subprocess
+
+    rows = []
+    for path in sorted(root.glob("*/*.onnx")):
+        rel = str(path.relative_to(root))
+        t0 = time.time()
+        try:
+            p = subprocess.run([mirrornet, "inspect", "--json", str(path)], capture_output=True,
+                               text=True, timeout=timeout)
+            rc, stdout, stderr = p.returncode, p.stdout, p.stderr
+        except subprocess.TimeoutExpired:
+            rc, stdout, stderr = -1, "", f"timed out after {timeout} s"
+        notes = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+        if rc == 0:
+            try:
+                rep = json.loads(stdout)
+                taps = rep.get("taps", 0)
+                taps = len(taps) if isinstance(taps, list) else taps
+                params = rep.get("totals", {}).get("params", "?")
+                outcome = (f"ok: {len(rep.get('layers', []))} layers, {taps} taps, "
+                           f"{params:,} params" if isinstance(params, int) else
+                           f"ok: {len(rep.get('layers', []))} layers, {taps} taps")
+            except ValueError:
+                outcome = "ok (output is not JSON)"
+            if notes:
+                outcome += f" [notice: {notes[-1]}]"
+        else:
+            outcome = notes[-1] if notes else (stdout.strip().splitlines() or ["(no message)"])[-1]
+        rows.append({"file": rel, "exit": rc, "outcome": outcome, "seconds": round(time.time() - t0, 1)})
+        say(f"inspect {rel}: {outcome}"[:300])
+    def git(*a):
+        r = subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    meta = {"mirrornet": mirrornet, "commit": git("rev-parse", "HEAD"),
+            "python_tree_modified": bool(git("status", "--porcelain", "--", "python"))}
+    (root / "inspect.json").write_text(json.dumps({**meta, "files": rows}, indent=1) + "\n")
+    with open(root / "inspect.tsv", "w") as f:
+        f.write(f"# commit {meta['commit']}, python/ modified: {meta['python_tree_modified']}\n")
+        f.write("file\texit\toutcome\n")
+        for r in rows:
+            f.write(f"{r['file']}\t{r['exit']}\t{r['outcome'].replace(chr(9), ' ')}\n")
+    ok = sum(r["exit"] == 0 for r in rows)
+    say(f"mirrornet inspect: {ok} accepted, {len(rows) - ok} refused; details in {root}/inspect.tsv")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["keras", "torch"])
+    ap.add_argument("part", choices=["keras", "torch", "inspect"])
+    ap.add_argument("--mirrornet", default=str(ROOT / ".venv/bin/mirrornet"),
+                    help="the mirrornet command (inspect part)")
     ap.add_argument("--out", type=Path, default=None,
                     help="folder (default .cache/real-models/<part>)")
     ap.add_argument("--only", nargs="*", default=None, help="Keras application or torch net names")
     args = ap.parse_args(argv)
+    if args.part == "inspect":
+        return inspect_all(args.out or ROOT / ".cache/real-models", args.mirrornet)
     out = args.out or ROOT / ".cache/real-models" / args.part
     return export_keras(out, args.only) if args.part == "keras" else export_torch(out, args.only)
 
