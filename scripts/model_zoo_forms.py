@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             onnx.__version__, reconstructs=zoo.BUILDERS[name][1], width=args.width,
             seed=args.seed, output_shape=list(y.shape)))
         print(f"[zoo] {path.name}: opset {entries[-1]['opset_import']['ai.onnx']}, "
-              f"{sum(entries[-1]['ops'].values())} nodes, {time.time() - t0:.1f} s", file=sys.stderr)
+              f"{sum(entries[-1]['ops'].values())} nodes, {time.time() - t0:.1f} s",
+              file=sys.stderr)
     # Keep entries of files written earlier with other options (e.g. another --only).
     manifest = args.out / "manifest.json"
     if manifest.exists():

@@ -89,7 +89,7 @@ for part in "${parts[@]}"; do
     zoo)
       want="$(stamp_of "$ROOT/scripts/model_zoo_forms.py" "$ROOT/tests/model_zoo_forms.py")"
       up_to_date "$OUT/zoo" "$want" && { say "zoo: up to date"; continue; }
-      [ -x "$PROJECT_PY" ] || die "no project environment at $PROJECT_PY: run scripts/setup.sh first"
+      [ -x "$PROJECT_PY" ] || die "no project environment at $PROJECT_PY: run scripts/setup.sh"
       say "zoo: writing the ONNX Model Zoo forms (full width, about 1.5 GB)"
       rm -rf "$OUT/zoo"
       "$PROJECT_PY" "$ROOT/scripts/model_zoo_forms.py" --out "$OUT/zoo" \

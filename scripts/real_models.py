@@ -122,7 +122,8 @@ def export_keras(out: Path, only: list[str] | None) -> int:
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    exporter = f"tf2onnx {tf2onnx.__version__} (tensorflow {tf.__version__}, keras {keras.__version__})"
+    exporter = (f"tf2onnx {tf2onnx.__version__} (tensorflow {tf.__version__}, "
+                f"keras {keras.__version__})")
     out.mkdir(parents=True, exist_ok=True)
     entries, failed = [], []
     for app, size in KERAS_MODELS:
@@ -249,7 +250,7 @@ def torch_nets():
             return self.classifier(torch.flatten(x, 1))
 
     class SameConv2d(nn.Conv2d):
-        """TensorFlow 'SAME' padding computed from the input size in forward (EfficientNet-style)."""
+        """TensorFlow 'SAME' padding computed from the input size in forward (EfficientNet)."""
 
         def forward(self, x):
             ih, iw = x.size()[-2:]
@@ -419,7 +420,8 @@ def inspect_all(root: Path, mirrornet: str, timeout: int = 600) -> int:
                 outcome += f" [notice: {notes[-1]}]"
         else:
             outcome = notes[-1] if notes else (stdout.strip().splitlines() or ["(no message)"])[-1]
-        rows.append({"file": rel, "exit": rc, "outcome": outcome, "seconds": round(time.time() - t0, 1)})
+        rows.append({"file": rel, "exit": rc, "outcome": outcome,
+                     "seconds": round(time.time() - t0, 1)})
         say(f"inspect {rel}: {outcome}"[:300])
     def git(*a):
         r = subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True)
@@ -434,7 +436,7 @@ def inspect_all(root: Path, mirrornet: str, timeout: int = 600) -> int:
         for r in rows:
             f.write(f"{r['file']}\t{r['exit']}\t{r['outcome'].replace(chr(9), ' ')}\n")
     ok = sum(r["exit"] == 0 for r in rows)
-    say(f"mirrornet inspect: {ok} accepted, {len(rows) - ok} refused; details in {root}/inspect.tsv")
+    say(f"mirrornet inspect: {ok} accepted, {len(rows) - ok} refused; see {root}/inspect.tsv")
     return 0
 
 

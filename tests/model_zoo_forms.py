@@ -11,20 +11,23 @@ Habits kept from the zoo's files:
   ``graph.input``;
 - Caffe2 value names (``conv1_w_0``, ``conv1_1``, ``conv1_2`` after the in-place ReLU), ``gpu_0/``
   prefixes where the zoo file has them, MXNet's ``resnetv17_*_fwd`` names for the MXNet ResNet-50;
-- the zoo's input/output names and shapes: ``data_0`` / ``gpu_0/data_0`` [1,3,224,224] (``N`` for a
-  dynamic batch where the zoo file declares one), ``prob_1`` / ``gpu_0/softmax_1`` through ``Softmax``;
-  ``softmaxout_1`` [1,1000,1,1] for SqueezeNet, ``fc6_1`` [1,1000,1,1] (a 1x1 Conv, no Softmax) for
-  DenseNet-121, ``resnetv17_dense0_fwd`` [N,1000] for the MXNet ResNet-50;
+- the zoo's input/output names and shapes: ``data_0`` / ``gpu_0/data_0`` [1,3,224,224] (``N``
+  for a dynamic batch where the zoo file declares one), ``prob_1`` / ``gpu_0/softmax_1`` through
+  ``Softmax``; ``softmaxout_1`` [1,1000,1,1] for SqueezeNet; ``fc6_1`` [1,1000,1,1] (a 1x1 Conv,
+  no Softmax) for DenseNet-121; ``resnetv17_dense0_fwd`` [N,1000] for the MXNet ResNet-50;
 - ``LRN``; ``Dropout`` with a ``ratio`` attribute and its mask output; ``Sum`` for residuals
-  (Caffe2); ``Reshape`` with a shape initializer before ``Gemm`` (transB=1); grouped convs (AlexNet's
-  group=2, ShuffleNet's group=3); Caffe's ceil-mode pooling as asymmetric pads ``[0,0,1,1]``;
-  Caffe's ``Scale`` layer as ``Mul``/``Add`` of ``Unsqueeze``d per-channel vectors (DenseNet-121);
-  ShuffleNet's channel shuffle as ``Reshape -> Transpose -> Reshape`` with shape initializers;
-  ``BatchNormalization`` with ``epsilon`` and ``momentum`` only (valid in opsets 7, 8 and 9).
+  (Caffe2); ``Reshape`` with a shape initializer before ``Gemm`` (transB=1); grouped convs
+  (AlexNet's group=2, ShuffleNet's group=3); Caffe's ceil-mode pooling as asymmetric pads
+  ``[0,0,1,1]``; Caffe's ``Scale`` layer as ``Mul``/``Add`` of ``Unsqueeze``d per-channel vectors
+  (DenseNet-121); ShuffleNet's channel shuffle as ``Reshape -> Transpose -> Reshape`` with shape
+  initializers; ``BatchNormalization`` with ``epsilon`` and ``momentum`` only (valid in opsets
+  7, 8 and 9).
 
-Where the zoo file's exact form is not known here, the choice is stated in the builder's docstring.
-Known difference: ShuffleNet v1 is built as the paper's 1x, g=3 network (about 1.9M parameters); the
-zoo's file is smaller (5.3 MB), so its variant differs in widths.
+The input/output names and shapes, and at full width the parameter counts that the files' sizes
+imply (within 4%, ShuffleNet aside), match the zoo's published metadata. The op-level habits
+follow the Caffe2 and MXNet exporters of the time as far as they are known; where a choice was
+made, the builder's docstring says so. Known difference: ShuffleNet v1 is built as the paper's 1x,
+g=3 network (1.9M parameters) while the zoo's file holds about 1.4M, so its widths differ.
 
 Weights: He-normal convolutions (so activations stay finite through 50+ layers), BatchNorm with
 running statistics of realistic size, the last BN of each residual branch with a small scale. A
@@ -571,7 +574,8 @@ BUILDERS: dict[str, tuple[Callable[..., onnx.ModelProto], str]] = {
 }
 
 
-def build(name: str, width: float = 1.0, opset: int | None = None, seed: int = 0) -> onnx.ModelProto:
+def build(name: str, width: float = 1.0, opset: int | None = None,
+          seed: int = 0) -> onnx.ModelProto:
     """The zoo-form model ``name`` (a key of ``BUILDERS``)."""
     if name not in BUILDERS:
         raise KeyError(f"unknown zoo form {name!r}; known: {', '.join(BUILDERS)}")
@@ -593,7 +597,7 @@ def _dims(vi: onnx.ValueInfoProto) -> list:
 
 
 def manifest_entry(path: str | Path, exporter: str, exporter_version: str, **extra) -> dict:
-    """What a manifest says of one ONNX file: opsets, true inputs/outputs, sha256, ops and counts."""
+    """A manifest's record of one ONNX file: opsets, true inputs/outputs, sha256, ops, counts."""
     path = Path(path)
     data = path.read_bytes()
     model = onnx.load_from_string(data)

@@ -19,7 +19,8 @@ WIDTH = 0.125
 
 # name -> (input name, output name, output shape, ops the zoo file is known for)
 EXPECTED = {
-    "bvlc_alexnet": ("data_0", "prob_1", (1, 1000), {"LRN", "Dropout", "Gemm", "Softmax", "Reshape"}),
+    "bvlc_alexnet": ("data_0", "prob_1", (1, 1000),
+                     {"LRN", "Dropout", "Gemm", "Softmax", "Reshape"}),
     "zfnet512": ("gpu_0/data_0", "gpu_0/softmax_1", (1, 1000), {"LRN", "Dropout", "Gemm"}),
     "vgg19_caffe2": ("data_0", "prob_1", (1, 1000), {"Dropout", "Gemm", "Softmax", "Reshape"}),
     "resnet50_caffe2": ("gpu_0/data_0", "gpu_0/softmax_1", (1, 1000),
@@ -32,7 +33,8 @@ EXPECTED = {
                     {"Concat", "BatchNormalization", "Unsqueeze", "Mul", "Add", "AveragePool"}),
     "inception_v1": ("data_0", "prob_1", (1, 1000),
                      {"LRN", "Concat", "AveragePool", "Dropout", "Softmax"}),
-    "inception_v2": ("data_0", "prob_1", (1, 1000), {"BatchNormalization", "Concat", "AveragePool"}),
+    "inception_v2": ("data_0", "prob_1", (1, 1000),
+                     {"BatchNormalization", "Concat", "AveragePool"}),
     "shufflenet_v1": ("gpu_0/data_0", "gpu_0/softmax_1", (1, 1000),
                       {"Reshape", "Transpose", "Sum", "Concat", "AveragePool"}),
 }
