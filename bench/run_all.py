@@ -94,6 +94,14 @@ STEPS = [
          full=(), quick=("--quick",)),
     Step("compile_time", "compile_time.py", "compile time of `mirrornet compile`, untuned",
          full=(), quick=("--models", "lenet", "--repeat", "1")),
+    Step("real_networks", "real_networks.py",
+         "ImageNet-size networks through every `mirrornet` step: outcome and time of each",
+         # full: every network (project architectures, zoo-form reconstructions, the Keras tf2onnx exports
+         # when .cache/real-models/keras exists) and two of them under QEMU. Not needs_qemu: that would skip
+         # the whole step without QEMU; the script runs the other steps and says why table 3 is empty.
+         full=("--qemu", "resnet50,mobilenet_v2"),
+         quick=("--networks", "resnet18,mobilenet_v2,shufflenet_v1", "--random", "3"),
+         work_flag="--work"),
     Step("emulator_accuracy", "emulator_accuracy.py",
          "Performance Emulator: predicted vs measured latency on held-out strategies",
          full=(), quick=("--quick",), work_flag="--work"),
