@@ -600,8 +600,11 @@ def manifest_entry(path: str | Path, exporter: str, exporter_version: str, **ext
     """A manifest's record of one ONNX file: opsets, true inputs/outputs, sha256, ops, counts."""
     path = Path(path)
     data = path.read_bytes()
-    model = onnx.load_from_string(data)
+    model = onnx.load_from_string(data)  # external tensor data (if any) stays on disk
     inits = {t.name for t in model.graph.initializer}
+    external = sorted({e.value for t in model.graph.initializer
+                       if t.data_location == TensorProto.EXTERNAL
+                       for e in t.external_data if e.key == "location"})
     return {
         "file": path.name,
         "exporter": exporter,
@@ -616,6 +619,8 @@ def manifest_entry(path: str | Path, exporter: str, exporter_version: str, **ext
         "value_info": len(model.graph.value_info),
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
+        "external_data": {loc: hashlib.sha256((path.parent / loc).read_bytes()).hexdigest()
+                          for loc in external},
         "ops": ops_used(model),
         **extra,
     }

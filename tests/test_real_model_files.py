@@ -108,6 +108,16 @@ def test_manifest_lists_ops_inputs_and_digest(tmp_path):
     assert written["files"][0]["ops"]["Sum"] == 13
 
 
+def test_manifest_lists_external_data(tmp_path):
+    model = zoo.build("squeezenet1.0", width=WIDTH)
+    path = tmp_path / "sq.onnx"
+    onnx.save(model, path, save_as_external_data=True, location="sq.onnx.data",
+              size_threshold=0)
+    entry = zoo.manifest_entry(path, "onnx.helper", onnx.__version__)
+    assert list(entry["external_data"]) == ["sq.onnx.data"]
+    assert entry["ops"] == zoo.ops_used(model)
+
+
 def test_dynamic_batch_where_the_zoo_declares_it():
     for name in ("resnet50_caffe2", "resnet50_v1_mxnet"):
         dims = zoo.build(name, width=WIDTH).graph.input[0].type.tensor_type.shape.dim
