@@ -433,10 +433,12 @@ def inspect_all(root: Path, mirrornet: str, timeout: int = 600) -> int:
         return r.stdout.strip() if r.returncode == 0 else None
 
     meta = {"mirrornet": mirrornet, "commit": git("rev-parse", "HEAD"),
-            "python_tree_modified": bool(git("status", "--porcelain", "--", "python"))}
+            "python_tree_modified": bool(git("status", "--porcelain", "--", "python")),
+            "PYTHONPATH": os.environ.get("PYTHONPATH")}  # set: the front end may come from there
     (root / "inspect.json").write_text(json.dumps({**meta, "files": rows}, indent=1) + "\n")
     with open(root / "inspect.tsv", "w") as f:
-        f.write(f"# commit {meta['commit']}, python/ modified: {meta['python_tree_modified']}\n")
+        f.write(f"# commit {meta['commit']}, python/ modified: {meta['python_tree_modified']}, "
+                f"PYTHONPATH: {meta['PYTHONPATH']}\n")
         f.write("file\texit\toutcome\n")
         for r in rows:
             f.write(f"{r['file']}\t{r['exit']}\t{r['outcome'].replace(chr(9), ' ')}\n")
