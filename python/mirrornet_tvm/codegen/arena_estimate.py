@@ -7,27 +7,41 @@ produces with the default schedules, and plans its arena with the emitter's own 
 (:func:`.memory_plan.kernel_lifetimes`, :func:`.memory_plan.plan_arena`): same liveness, same
 64-byte alignment, same greedy placement. What it predicts:
 
-- **Kernels** (TVM's ``FuseOps`` on the CPM's operators): a convolution, a max or average pool or
-  a dense layer (Gemm) anchors a kernel with its bias and absorbs the elementwise operators (ReLU,
-  LeakyReLU, Clip, Add, a batch norm no convolution absorbed) that follow while the value they read
-  has no other reader; an elementwise operator with two fusable producers joins the one that comes
-  first; at most one anchor per kernel. Global average pools, flattens (a copy) and concatenations
-  are kernels of their own; an elementwise operator no kernel absorbs starts one. A kernel runs at
-  the position of its last operator.
+- **Kernels**: TVM's ``FuseOps`` (its graph partitioner: post-dominator tree, phases 0 and 1) run
+  on the CPM's operators with the patterns Relax gives their legalized forms. Convolutions
+  (depthwise and grouped too), dense layers (Gemm), max and average pools, global pools and
+  ReduceMean are anchors: each takes the elementwise operators that follow into its kernel while
+  its post-dominator is reached over elementwise edges only (a value with a second reader that is
+  not elementwise stops it), at most one anchor per kernel. Elementwise operators (activations,
+  Clip, Sigmoid, HardSwish, a batch norm no convolution absorbed, Add, Sum, Mul and the other
+  broadcasting arithmetic) outside an anchor's kernel fuse forward into their post-dominator when
+  it is elementwise or a layout operator, anchored or not; layout operators (Concat of any number
+  of inputs, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Pad) fuse forward, after the
+  anchors, into a kernel without anchor (a concatenation with the batch norm and ReLU after it is
+  one kernel). An LRN is the three kernels TVM's importer makes of it: the squares, their average
+  over a window of channels (a pool), the scaling. A kernel runs at the position of its last
+  operator.
 - **Workspaces** (what :class:`.lift_workspace.LiftWorkspace` moves to the arena after
-  :class:`.schedule.CpmCpuSchedule`): a padded convolution's or pool's zero-padded input; the
-  anchor's result before its epilogue (a max pool without one writes its output directly), one
-  block of planes (:func:`.schedule.channel_block` output channels of the whole map) when its rows
-  are register-tiled (:func:`.schedule.register_tile`), else the whole map; a Gemm's product before
-  its bias; a global average pool's per-channel sums.
+  :class:`.schedule.CpmCpuSchedule`): a padded anchor's zero-padded input (a ceil-mode pool's
+  padding grows by stride - 1 at the end, as TOPI pads it); the anchor's result before its
+  epilogue (a max pool or global max pool without one writes its output directly), one block of
+  planes (:func:`.schedule.channel_block` output channels of the whole map) when its rows are
+  register-tiled (:func:`.schedule.register_tile`), else the whole map; a Gemm's product before its
+  bias; a global pool's or ReduceMean's per-channel sums. Elementwise and layout operators inline
+  into each other and need none.
 - **Weights**: every parameter of the plan as ``static const float`` arrays (Conv and Gemm weights
-  and biases, the four vectors of a lone batch norm).
+  and biases, the four vectors of a lone batch norm), and one float per distinct Clip bound: the
+  importer guards each bound against NaN in a binding, and the compile's clean-up shares equal
+  bindings, so all ReLU6s of a CPM read the same two floats.
 
 The prediction is exact for CPMs made of these operators under the default schedules, which the
-test suite checks against the real C generator over the zoo and a grid of strategies (the emitter
-keeps one array per constant, so weights with equal values still count separately, as here). It
-cannot see a tuning database: tuned CPM kernels may need other workspaces. The compile manifest
-reports the generated sizes next to this estimate.
+test suite checks against the real C generator over the zoo, a grid of strategies and CPMs of the
+standard architectures (:mod:`mirrornet_tvm.architectures`). One case is an upper bound: the
+clean-up shares any two equal bindings, so the vectors of lone batch norms whose statistics are
+equal (an untrained network: every mean 0, every variance 1) become shared arrays that the
+estimate still counts once each. Constants passed as they are (Conv and Gemm weights and biases)
+are never shared. The estimate cannot see a tuning database: tuned CPM kernels may need other
+workspaces. The compile manifest reports the generated sizes next to this estimate.
 """
 from __future__ import annotations
 
@@ -37,15 +51,10 @@ from .memory_plan import DEFAULT_ALIGNMENT, KernelStep, kernel_lifetimes, plan_a
 from .schedule import channel_block, register_tile
 
 FLOAT_BYTES = 4
-# Relax's op patterns (AnnotateTIROpPattern on the legalized operators): convolutions, dense layers,
-# pools and reductions are "out-elementwise fusable" anchors; layout operators are injective; the
-# rest (activations, batch norms, broadcasting arithmetic) elementwise
-ELEMWISE, INJECTIVE, ANCHOR, OPAQUE = 0, 2, 4, 8
+# Relax's op patterns (AnnotateTIROpPattern on the legalized operators)
+ELEMWISE, INJECTIVE, ANCHOR = 0, 2, 4
 ANCHORS = ("Conv", "Gemm", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean")
 INJECTIVE_OPS = ("Concat", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad")
-UNMODELLED = ("LRN",)  # an upper bound only (see the module docstring)
-_PATTERN = {**{k: ANCHOR for k in ANCHORS}, **{k: INJECTIVE for k in INJECTIVE_OPS},
-            **{k: OPAQUE for k in UNMODELLED}}
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,19 @@ class ArenaEstimate:
     peak_live_bytes: int
     steps: tuple[KernelStep, ...]
     kernels: tuple[tuple[str, ...], ...]  # plan op keys of each predicted kernel, in run order
-    exact: bool = True  # False: the plan has an operator the estimate only bounds (UNMODELLED)
+
+
+@dataclass(frozen=True)
+class _Node:
+    """One operator of the fusion graph: a plan op, or one of the three parts of an LRN."""
+
+    op: object            # the plan's CpmOp
+    key: str
+    output: str
+    inputs: tuple
+    shape: tuple
+    pattern: int          # as a group of its own
+    edges: tuple          # pattern of the edge from each input
 
 
 def _numel(shape) -> int:
@@ -67,21 +88,36 @@ def _numel(shape) -> int:
     return n
 
 
+def _nodes(plan) -> list[_Node]:
+    nodes = []
+    for op in plan.ops:
+        if op.op != "LRN":
+            p = ANCHOR if op.op in ANCHORS else INJECTIVE if op.op in INJECTIVE_OPS else ELEMWISE
+            nodes.append(_Node(op, op.key, op.output, tuple(op.inputs), tuple(op.shape), p, (p,) * len(op.inputs)))
+            continue
+        # x * x, expand_dims to [N, 1, C, H, W]; avg_pool3d over `size` channels; squeeze, x / (...)^beta
+        (x,), (n, c, h, w) = op.inputs, op.shape
+        square, window = f"{op.output}:square", f"{op.output}:window"
+        nodes += [_Node(op, f"{op.key}:square", square, (x,), (n, 1, c, h, w), INJECTIVE, (ELEMWISE,)),
+                  _Node(op, f"{op.key}:window", window, (square,), (n, 1, c, h, w), ANCHOR, (ANCHOR,)),
+                  _Node(op, op.key, op.output, (window, x), op.shape, ELEMWISE, (INJECTIVE, ELEMWISE))]
+    return nodes
+
+
 class _Kernel:
-    def __init__(self, index: int):
-        self.index = index
-        self.anchor = None          # the anchor op (at most one per kernel), or None
-        self.ops: list = []
-        self.last = -1              # plan position of the last op
+    def __init__(self):
+        self.anchor = None          # the anchor node (at most one per kernel), or None
+        self.nodes: list = []
+        self.last = -1              # position of the last node
 
 
-def _post_dominators(plan, pattern, outs):
-    """TVM's post-dominator tree of the operator graph: parent, and the combined pattern of the
-    edges from an operator up to it (an operator whose value leaves the function has none)."""
-    n = len(plan.ops)
-    parent, depth, dom = [None] * n, [1] * n, [OPAQUE] * n
+def _post_dominators(nodes, outs, result):
+    """TVM's post-dominator tree of the fusion graph: each node's parent, and the combined pattern
+    of the edges from it up to its parent (a node whose value leaves the function has none)."""
+    n = len(nodes)
+    parent, depth, dom = [None] * n, [1] * n, [ANCHOR] * n
     for i in reversed(range(n)):
-        if plan.ops[i].output == plan.output or not outs[i]:
+        if nodes[i].output == result or not outs[i]:
             continue
         p, pat = outs[i][0]
         for j, edge in outs[i][1:]:
@@ -101,25 +137,23 @@ def _post_dominators(plan, pattern, outs):
 
 def _kernels(plan) -> list[_Kernel]:
     """The kernels of ``FuseOps`` (TVM's graph partitioner, phases 0 and 1) over the plan's operators."""
-    ops = plan.ops
-    pattern = [_PATTERN.get(op.op, ELEMWISE) for op in ops]
-    index = {op.output: i for i, op in enumerate(ops)}
-    outs: list[list] = [[] for _ in ops]  # (consumer, edge pattern: the consumer's)
-    for j, op in enumerate(ops):
-        for t in op.inputs:
+    nodes = _nodes(plan)
+    index = {node.output: i for i, node in enumerate(nodes)}
+    outs: list[list] = [[] for _ in nodes]  # (consumer, edge pattern)
+    for j, node in enumerate(nodes):
+        for t, edge in zip(node.inputs, node.edges):
             if t in index:
-                outs[index[t]].append((j, pattern[j]))
-    parent, dom = _post_dominators(plan, pattern, outs)
-    up = list(range(len(ops)))   # union-find of the groups
-    gpat = list(pattern)         # a group's pattern; a root's becomes its anchor's when one merges in
-    anchored = [p == ANCHOR for p in pattern]
+                outs[index[t]].append((j, edge))
+    parent, dom = _post_dominators(nodes, outs, plan.output)
+    up = list(range(len(nodes)))        # union-find of the groups
+    gpat = [n.pattern for n in nodes]   # a group's pattern; a root's becomes ANCHOR when an anchor merges in
 
     def root(i):
         while up[i] != i:
             i = up[i]
         return i
 
-    def path_ok(src, sink, ok):  # every operator from src to sink (its group's pattern) satisfies ok
+    def path_ok(src, sink, ok):  # every node after src up to sink (its group's pattern) satisfies ok
         seen = set()
 
         def visit(i):
@@ -139,59 +173,60 @@ def _kernels(plan) -> list[_Kernel]:
             child = root(i)
             if child != target:
                 up[child] = target
-                if anchored[child]:
-                    anchored[target], gpat[target] = True, max(gpat[target], gpat[child])
+                gpat[target] = ANCHOR if gpat[child] == ANCHOR else gpat[target]
             for j, _ in outs[i]:
                 visit(j)
         visit(src)
 
     for phase in (0, 1):
-        for i in range(len(ops)):
+        for i in range(len(nodes)):
             p, kind = parent[i], gpat[i]
-            if kind == OPAQUE or p is None or root(i) == root(p):
+            if p is None or root(i) == root(p):
                 continue
             if kind == ANCHOR:  # into an elementwise post-dominator: the epilogue
-                if phase == 0 and dom[i] == ELEMWISE and path_ok(i, p, lambda k, sink: k <= ELEMWISE):
+                if phase == 0 and dom[i] == ELEMWISE and path_ok(i, p, lambda k, sink: k == ELEMWISE):
                     commit(i, p)
-            elif kind == ELEMWISE:  # into an injective or elementwise post-dominator, anchored or not
-                if dom[i] <= INJECTIVE and path_ok(i, p, lambda k, sink: k <= (ANCHOR if sink else INJECTIVE)):
+            elif kind == ELEMWISE:  # into an elementwise or layout post-dominator, anchored or not
+                if dom[i] <= INJECTIVE and path_ok(i, p, lambda k, sink: sink or k <= INJECTIVE):
                     commit(i, p)
-            elif phase == 1 and path_ok(i, p, lambda k, sink: k <= INJECTIVE):  # injective, after anchors
+            elif phase == 1 and path_ok(i, p, lambda k, sink: k <= INJECTIVE):  # layout, after the anchors
                 commit(i, p)
     kernels: dict[int, _Kernel] = {}
-    for i, op in enumerate(ops):
-        k = kernels.setdefault(root(i), _Kernel(len(kernels)))
-        k.ops.append(op)
+    for i, node in enumerate(nodes):
+        k = kernels.setdefault(root(i), _Kernel())
+        k.nodes.append(node)
         k.last = i
-        if pattern[i] == ANCHOR:
-            k.anchor = op
+        if node.pattern == ANCHOR:
+            k.anchor = node
     return sorted(kernels.values(), key=lambda k: k.last)
 
 
 def _workspaces(kernel: _Kernel, in_shapes: dict) -> tuple[int, ...]:
-    op = kernel.anchor
-    if op is None:
-        if kernel.ops[0].op in UNMODELLED:
-            return _unmodelled_workspaces(kernel.ops[0], in_shapes)
-        return ()  # elementwise and layout blocks inline into each other
-    epilogue = len(kernel.ops) > 1
+    node = kernel.anchor
+    if node is None:
+        return ()  # elementwise and layout operators inline into each other
+    op, epilogue = node.op, len(kernel.nodes) > 1
     if op.op == "Gemm":
         return (FLOAT_BYTES * _numel(op.shape),)
     if op.op in ("GlobalAveragePool", "ReduceMean") or (op.op == "GlobalMaxPool" and epilogue):
-        return (FLOAT_BYTES * _numel(op.shape),)  # per-channel sums (maxima) before the division (epilogue)
+        return (FLOAT_BYTES * _numel(op.shape),)  # per-channel sums (maxima) before the epilogue
     if op.op == "GlobalMaxPool":
         return ()
     a = op.attrs
-    out = []
-    pads = list(a.get("pads") or (0, 0, 0, 0))
-    half = len(pads) // 2
-    if a.get("ceil_mode"):  # TOPI pads the end by stride - 1 more for a ceil-mode pool
-        for i, s in enumerate(a.get("strides") or (1,) * half):
-            pads[half + i] += int(s) - 1
-    if any(pads):
+    if op.op == "LRN":  # the window average: channels padded by size // 2 on both sides
+        n, c, h, w = op.shape
+        pad = int(a.get("size", 1)) // 2
+        pads, shape = [pad, 0, pad, 0], (n, 1, c + 2 * pad, h, w)
+    else:
         n, c, h, w = in_shapes[op.inputs[0]]
-        out.append(FLOAT_BYTES * n * c * (h + pads[0] + pads[half]) * (w + pads[1] + pads[half + 1]))
-    _, cout, h, w = op.shape
+        pads, shape = list(a.get("pads") or (0, 0, 0, 0)), None
+        if a.get("ceil_mode"):  # TOPI pads the end by stride - 1 more for a ceil-mode pool
+            for i, s in enumerate(a.get("strides") or (1, 1)):
+                pads[2 + i] += int(s) - 1
+        if any(pads):
+            shape = (n, c, h + pads[0] + pads[2], w + pads[1] + pads[3])
+    out = [FLOAT_BYTES * _numel(shape)] if any(pads) else []
+    cout, h, w = node.shape[-3:]
     tile = register_tile(w) if h * w > 0 else None
     block = channel_block(cout, tile) if tile is not None else cout
     if op.op != "MaxPool" or epilogue:  # a max pool without epilogue writes its output directly
@@ -199,17 +234,8 @@ def _workspaces(kernel: _Kernel, in_shapes: dict) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _unmodelled_workspaces(op, in_shapes) -> tuple[int, ...]:
-    """An upper bound for LRN (squares, zero-padded along the channels, window averages, powers)."""
-    n, c, h, w = in_shapes[op.inputs[0]]
-    size = int(op.attrs.get("size", 1))
-    return tuple(FLOAT_BYTES * x for x in (n * c * h * w, n * (c + size - 1) * h * w, n * c * h * w,
-                                            n * c * h * w))
-
-
 def _constant_bytes(plan) -> int:
-    """Weights the plan's parameters do not count: each distinct Clip bound is one float (the
-    importer's NaN guard on it is a binding the compile's clean-up shares between equal bounds)."""
+    """Weights beyond the plan's parameters: one float per distinct Clip bound (module docstring)."""
     bounds = {(k, op.attrs.get(k)) for op in plan.ops if op.op == "Clip" for k in ("min", "max")}
     return FLOAT_BYTES * sum(1 for _, v in bounds if v is not None)
 
@@ -218,30 +244,24 @@ def estimate_arena(plan, alignment: int = DEFAULT_ALIGNMENT) -> ArenaEstimate:
     """The arena and weight bytes the C emitter will plan for ``plan``'s CPM (see the module docstring)."""
     kernels = _kernels(plan)
     shapes = {name: tuple(shape) for name, shape in plan.inputs}
-    shapes.update({op.output: tuple(op.shape) for op in plan.ops})
-    produced = {op.output: k for k in kernels for op in k.ops}
-    step_of = {id(k): i for i, k in enumerate(kernels)}
+    shapes.update({node.output: tuple(node.shape) for k in kernels for node in k.nodes})
+    step_of = {node.output: i for i, k in enumerate(kernels) for node in k.nodes}
     result = plan.output
-    read_by = {}
-    for k in kernels:
-        for op in k.ops:
-            for t in op.inputs:
-                read_by.setdefault(t, set()).add(id(k))
+    readers: dict[str, set] = {}
+    for i, k in enumerate(kernels):
+        for node in k.nodes:
+            for t in node.inputs:
+                readers.setdefault(t, set()).add(i)
     steps = []
     for i, k in enumerate(kernels):
-        inside = {op.output for op in k.ops}
-        inputs = []
-        for op in k.ops:
-            for t in op.inputs:
-                if t not in inside and t not in inputs:
-                    inputs.append(t)
-        names = [f"t{step_of[id(produced[t])]}" if t in produced else t for t in inputs]
-        out = [op.output for op in k.ops if op.output == result or read_by.get(op.output, set()) - {id(k)}][-1]
+        inside = {node.output for node in k.nodes}
+        inputs = list(dict.fromkeys(t for node in k.nodes for t in node.inputs if t not in inside))
+        names = [f"t{step_of[t]}" if t in step_of else t for t in inputs]
+        out = [n.output for n in k.nodes if n.output == result or readers.get(n.output, set()) - {i}][-1]
         name = result if out == result else f"t{i}"
         steps.append(KernelStep(tuple(names), ((name, FLOAT_BYTES * _numel(shapes[out])),),
                                 _workspaces(k, shapes)))
     arena = plan_arena(kernel_lifetimes(steps, result), alignment)
     weights = FLOAT_BYTES * sum(op.params for op in plan.ops) + _constant_bytes(plan)
     return ArenaEstimate(arena.arena_bytes, weights, arena.peak_live_bytes, tuple(steps),
-                         tuple(tuple(op.key for op in k.ops) for k in kernels),
-                         not any(op.op in UNMODELLED for op in plan.ops))
+                         tuple(tuple(node.key for node in k.nodes) for k in kernels))
