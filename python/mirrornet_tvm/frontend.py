@@ -177,10 +177,12 @@ def _check_dtypes(g, where):
                   if i < len(n.input) and n.input[i]}
     identity_of = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity"}
     int_inputs |= {identity_of[t] for t in list(int_inputs) if t in identity_of}
-    for name, arr in onnx_constants(g).items():
-        if arr.dtype.name == "float32" or (name in int_inputs and arr.dtype.kind in "iub"):
+    consts = onnx_constants(g)
+    for name in consts:
+        dtype = consts.dtype(name)
+        if dtype.name == "float32" or (name in int_inputs and dtype.kind in "iub"):
             continue
-        raise ModelError(f"constant '{name}' of {where} is {arr.dtype.name}, not float32; MirrorNet supports "
+        raise ModelError(f"constant '{name}' of {where} is {dtype.name}, not float32; MirrorNet supports "
                          "float32 models only: convert it (model.float() before export, no quantization)")
 
 
@@ -313,7 +315,7 @@ class Model:
     def graph(self) -> GraphNet:
         """The model's GraphNet, converted on first use (each call returns the same instance)."""
         if self._graph is None:
-            self._graph = GraphNet.from_onnx(self.proto)
+            self._graph = GraphNet.from_onnx(self.proto, checked=True)
         return self._graph
 
     def __repr__(self):

@@ -77,15 +77,16 @@ class GraphNet(torch.nn.Module):
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
-    def from_onnx(cls, proto, output: str | None = None) -> "GraphNet":
-        """Convert a checked ONNX model (see ``frontend.check_onnx``) to a GraphNet.
+    def from_onnx(cls, proto, output: str | None = None, checked: bool = False) -> "GraphNet":
+        """Convert an ONNX model to a GraphNet (checked by ``frontend.check_onnx`` first, unless ``checked``
+        says the proto is what ``check_onnx`` returned).
 
         ``output`` selects the graph output to keep (default: the first); only the nodes it depends on
         are converted, so e.g. ``output="backbone_logits"`` of a combined model gives the backbone.
         """
         from .frontend import check_onnx  # frontend imports this module
 
-        proto = check_onnx(proto)
+        proto = proto if checked else check_onnx(proto)
         g = proto.graph
         outputs = [o.name for o in g.output]
         output = output or outputs[0]

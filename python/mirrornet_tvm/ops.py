@@ -22,6 +22,7 @@ Transpose, Squeeze, Unsqueeze, Pad, Identity, Dropout).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -531,8 +532,8 @@ class _Elementwise(Op):
         if module is not None:
             args.insert(a.get("_const_at", len(args)), module.value)
         fn = _BINARY[self.name]
-        out = fn(args[0], args[1])
-        for t in args[2:]:
+        out = args[0]   # a Sum of one input is that input
+        for t in args[1:]:
             out = fn(out, t)
         return out
 
@@ -837,15 +838,51 @@ def node_problem(node, consts: dict, graph_outputs: set) -> str | None:
     return op(node.op_type).problem(node, attributes(node), consts, graph_outputs)
 
 
-def onnx_constants(graph) -> dict:
-    """Tensor name -> numpy array for every initializer, Constant node and Identity of a constant."""
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            consts[node.output[0]] = constant_value(node)
-        elif node.op_type == "Identity" and node.input[0] in consts:
-            consts[node.output[0]] = consts[node.input[0]]
-    return consts
+class Constants(Mapping):
+    """Tensor name -> numpy array of every initializer, Constant node and Identity of a constant.
+
+    Initializers are converted on first access (a large model's weights are read once, where a record
+    needs them); :meth:`dtype` answers without converting.
+    """
+
+    def __init__(self, graph):
+        self._protos = {t.name: t for t in graph.initializer}
+        self._arrays: dict = {}
+        self._alias: dict = {}
+        for node in graph.node:
+            if node.op_type == "Constant":
+                self._arrays[node.output[0]] = constant_value(node)
+            elif node.op_type == "Identity" and node.input[0] in self:
+                self._alias[node.output[0]] = self._alias.get(node.input[0], node.input[0])
+
+    def __getitem__(self, name):
+        name = self._alias.get(name, name)
+        if name not in self._arrays:
+            self._arrays[name] = numpy_helper.to_array(self._protos[name])  # KeyError when absent
+        return self._arrays[name]
+
+    def __contains__(self, name):
+        name = self._alias.get(name, name)
+        return name in self._arrays or name in self._protos
+
+    def __iter__(self):
+        yield from self._protos
+        yield from (n for n in self._arrays if n not in self._protos)
+        yield from self._alias
+
+    def __len__(self):
+        return len(set(self._protos) | set(self._arrays)) + len(self._alias)
+
+    def dtype(self, name) -> np.dtype:
+        name = self._alias.get(name, name)
+        if name in self._arrays:
+            return self._arrays[name].dtype
+        return np.dtype(helper.tensor_dtype_to_np_dtype(self._protos[name].data_type))
+
+
+def onnx_constants(graph) -> Constants:
+    """The constants of ``graph`` (see :class:`Constants`)."""
+    return Constants(graph)
 
 
 def constant_value(node) -> np.ndarray:
