@@ -16,12 +16,13 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import ModelError, UnsupportedOpError
 from .graph import INTEGER_OPERANDS, SUPPORTED_OPS, GraphNet, node_problem, onnx_constants, supported_ops_text
-from .normalize import SHAPE_HINT, normalize
+from .normalize import SHAPE_HINT, normalize, skeleton
 
 OUTPUT_NAMES_ATTR = "mirrornet.output_names"
 TORCH_EXPORT_OPSET = 17
@@ -95,11 +96,12 @@ def check_onnx(model_or_path, input_shape=None) -> onnx.ModelProto:
     proto, where = _load_proto(model_or_path)
     shape = None if input_shape is None else _static_shape(input_shape)
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(skeleton(proto))   # the large weights' bytes are checked below
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"{where} fails the ONNX checker ({first}): it is corrupt or invalid; "
                          "re-export the model") from None
+    _check_weight_sizes(proto, where)
     proto = normalize(proto, where, shape)
     g = proto.graph
     for domain in sorted({n.domain for n in g.node} - {"", "ai.onnx"}):  # declared but unused ones do no harm
@@ -159,6 +161,18 @@ def _check_ops(g, where):
         if why:
             raise UnsupportedOpError(f"{n.op_type} at node '{n.name or f'#{i}'}' of {where} is not supported: "
                                      f"{why}")
+
+
+def _check_weight_sizes(proto, where):
+    """Every float initializer holds as many values as its dims say (the checker ran without the large ones)."""
+    for t in proto.graph.initializer:
+        if t.data_type != onnx.TensorProto.FLOAT or t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        want = int(np.prod(t.dims))
+        got = len(t.raw_data) // 4 if t.HasField("raw_data") else len(t.float_data)
+        if got != want or (t.HasField("raw_data") and len(t.raw_data) % 4):
+            raise ModelError(f"weight '{t.name}' of {where} holds {got} values but its shape {list(t.dims)} needs "
+                             f"{want}: the file is corrupt or truncated; re-export it")
 
 
 def final_tensors(g) -> set:

@@ -42,6 +42,46 @@ SHAPE_HINT = "give the input shape (--input-shape C,H,W; input_shape=(C, H, W) i
              "with static shapes"
 
 
+SKELETON_MIN_ELEMENTS = 4096   # float initializers this large are left out of shape inference and checks
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without the data of its large float initializers, each an input of the same type and shape.
+
+    Shape inference and the checker serialise the whole model; for an ImageNet network that is hundreds of
+    MB each time. What they infer and check does not depend on those values (shape operands are small
+    integer tensors and stay), so they run on this instead.
+    """
+    g = model.graph
+    big = [t for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) >= SKELETON_MIN_ELEMENTS]
+    if not big:
+        return model
+    names = {t.name for t in big}
+    listed = {i.name for i in g.input}
+    graph = onnx.helper.make_graph(
+        list(g.node), g.name,
+        list(g.input) + [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                         for t in big if t.name not in listed],
+        list(g.output), [t for t in g.initializer if t.name not in names], value_info=list(g.value_info))
+    light = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=max(model.ir_version, 4))
+    light.functions.extend(model.functions)
+    return light
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``onnx.shape_inference.infer_shapes`` run on the :func:`skeleton`; ``model`` gains the inferred types."""
+    light = skeleton(model)
+    if light is model:
+        return onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(light).graph
+    g = model.graph
+    del g.value_info[:]
+    g.value_info.extend(inferred.value_info)
+    for out, typed in zip(g.output, inferred.output):
+        out.type.CopyFrom(typed.type)
+    return model
+
+
 def notice(message: str) -> None:
     """A one-line notice about a change made to a model (the CLI prints it as ``note: ...``)."""
     warnings.warn(message, ModelNotice, stacklevel=3)
@@ -63,7 +103,7 @@ def normalize(proto: onnx.ModelProto, where: str = "the model", input_shape=None
     changed |= _remove_dropout(model)
     if not changed:
         return proto
-    return onnx.shape_inference.infer_shapes(model)
+    return infer_shapes(model)
 
 
 def _real_inputs(g):
@@ -192,7 +232,7 @@ def _fix_input_shape(model, where, input_shape) -> bool:
 def _static_shapes(model) -> dict:
     """Tensor name -> static shape, from shape inference on the model as it is now."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model))
     except Exception:  # an op it cannot type: fold what is constant without shapes
         inferred = model
     g = inferred.graph
@@ -281,9 +321,12 @@ def _fold_constants(model) -> bool:
             used = {t for n in g.node for t in n.input} | outputs
             if not dead:
                 break
-        keep = [t for t in g.initializer if t.name in used]
-        del g.initializer[:]
-        g.initializer.extend(keep)
+        _drop_unused_initializers(g, used)
+
+
+def _drop_unused_initializers(g, used):
+    for t in [t for t in g.initializer if t.name not in used]:   # few: no copy of the others
+        g.initializer.remove(t)
 
 
 def _remove_dropout(model) -> bool:
@@ -301,8 +344,5 @@ def _remove_dropout(model) -> bool:
         g.node.remove(n)
         _rewire(g, n.output[0], n.input[0])
     if changed:
-        used = {t for n in g.node for t in n.input}
-        keep = [t for t in g.initializer if t.name in used or t.name in outputs]
-        del g.initializer[:]
-        g.initializer.extend(keep)
+        _drop_unused_initializers(g, {t for n in g.node for t in n.input} | outputs)
     return changed
