@@ -38,7 +38,7 @@ for a in "$@"; do
   case "$a" in
     --inspect) inspect=1 ;;
     keras|torch|zoo) parts+=("$a") ;;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$a' (expected --inspect, keras, torch, zoo)" ;;
   esac
 done
