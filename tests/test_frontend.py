@@ -320,3 +320,17 @@ def test_check_onnx_returns_the_proto_and_relax_names_outputs():
     assert output_names_of(mod) == ["logits"]
     with pytest.raises(ModelError, match="not made by mirrornet_tvm.frontend.to_relax"):
         output_names_of(tvm.IRModule({"main": mod["main"].without_attr("mirrornet.output_names")}))
+
+
+def test_a_truncated_large_weight_is_named(tmp_path):
+    """The checker runs without the large weights' data; their sizes are checked on their own."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [64, 64, 3, 3], np.zeros(64 * 64 * 9, np.float32).tobytes(),
+                           raw=True)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 8, 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    check_onnx(model)   # intact: accepted
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4000]
+    with pytest.raises(ModelError, match=r"weight 'w' .* holds 35864 values but its shape \[64, 64, 3, 3\] needs 36864"):
+        check_onnx(model)
