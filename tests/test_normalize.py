@@ -387,3 +387,35 @@ def test_cli_inspect_on_a_dynamic_batch_torch_export(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         cli_main(["inspect", str(path), "--input-shape", "1,8"])
     assert done.value.code == 2 and "--input-shape takes C,H,W" in capsys.readouterr().err
+
+
+def test_dynamo_habits_local_functions_and_allowzero_reshape():
+    """A dynamo or scripted export: a module kept as an ONNX local function, a flatten Reshape with
+    allowzero=1 and no 0 in its shape. Both load; a 0 with allowzero=1 (an empty axis) is explained."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    block = helper.make_function("blocks", "ConvRelu", ["x", "w"], ["y"],
+                                 [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                                  helper.make_node("Relu", ["c"], ["y"])],
+                                 [helper.make_opsetid("", 18)])
+    shape = numpy_helper.from_array(np.array([1, -1], np.int64), "shape")
+    fc = numpy_helper.from_array(rng.standard_normal((4 * 8 * 8, 5)).astype(np.float32), "fc")
+    nodes = [helper.make_node("ConvRelu", ["input", "w"], ["h"], domain="blocks", name="block"),
+             helper.make_node("Reshape", ["h", "shape"], ["f"], allowzero=1, name="node_view"),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])], [w, shape, fc])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("blocks", 1)],
+                              functions=[block])
+    proto = assert_matches_original(model)
+    assert not proto.functions and {n.op_type for n in proto.graph.node} == {"Conv", "Relu", "Reshape", "MatMul"}
+    assert [o.domain for o in proto.opset_import] == [""]
+    graph = load_model(proto).graph()
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(graph(torch.from_numpy(x)).detach().numpy(), ort_run(model, x), atol=1e-4)
+
+    empty = onnx.ModelProto()
+    empty.CopyFrom(model)
+    empty.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.array([0, -1], np.int64), "shape"))
+    with pytest.raises(UnsupportedOpError, match="allowzero=1 with a 0 in the target shape"):
+        check_onnx(empty)

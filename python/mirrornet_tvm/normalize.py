@@ -17,6 +17,9 @@ caller's proto and never writes files. In order:
    tensor of static shape, is evaluated and its outputs become initializers of the same names;
 6. Dropout (identity at inference, every opset form) is removed and its consumers read its input.
 
+ONNX local functions (modules a scripted or dynamo export keeps as functions) are inlined first, with
+``onnx.inliner``.
+
 Folding uses onnx's own ``onnx.reference.ReferenceEvaluator`` per node and ``onnx.shape_inference`` for
 the shapes: on torch exports (opsets 11-17, computed ``F.pad`` and ``view`` flatten) it folds every chain
 in memory (a 1057-node EfficientNet-style export with 17 padding chains became 88 nodes in 1.6 s), keeps
@@ -95,7 +98,8 @@ def normalize(proto: onnx.ModelProto, where: str = "the model", input_shape=None
     """
     model = onnx.ModelProto()
     model.CopyFrom(proto)
-    changed = _drop_initializer_inputs(model)
+    changed = _inline_functions(model)
+    changed |= _drop_initializer_inputs(model)
     changed |= _upgrade_opset(model, where)
     changed |= _nchw_input(model, where)
     changed |= _fix_input_shape(model, where, input_shape)
@@ -104,6 +108,22 @@ def normalize(proto: onnx.ModelProto, where: str = "the model", input_shape=None
     if not changed:
         return proto
     return infer_shapes(model)
+
+
+def _inline_functions(model) -> bool:
+    """Calls of the model's local functions (a dynamo or scripted export's modules) become their nodes."""
+    if not model.functions:
+        return False
+    from onnx.inliner import inline_local_functions
+
+    inlined = inline_local_functions(model)
+    del inlined.functions[:]
+    used = {n.domain for n in inlined.graph.node}
+    keep = [o for o in inlined.opset_import if o.domain in _STANDARD or o.domain in used]
+    del inlined.opset_import[:]
+    inlined.opset_import.extend(keep)
+    model.CopyFrom(inlined)
+    return True
 
 
 def _real_inputs(g):

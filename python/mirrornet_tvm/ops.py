@@ -587,12 +587,14 @@ class _Reshape(Op):
     int_operands = {1: "shape"}
 
     def problem(self, node, a, consts, graph_outputs):
-        if a.get("allowzero", 0):
-            return "allowzero=1 is not supported; export with allowzero=0 (the default)"
         if node.input[1] not in consts:
             return ("its target shape is computed at run time (Shape/Gather/Concat); export with static "
                     "shapes and constant folding (torch.onnx.export(..., do_constant_folding=True)) or use "
                     "torch.flatten")
+        # allowzero=1 (the dynamo exporter's habit) reads a 0 as an empty axis instead of "copy"; without a 0
+        # in the shape both mean the same
+        if a.get("allowzero", 0) and 0 in [int(v) for v in np.asarray(consts[node.input[1]]).reshape(-1)]:
+            return "allowzero=1 with a 0 in the target shape (an empty axis) is not supported"
 
     def convert(self, node, a, consts, opset):
         return {"shape": tuple(int(s) for s in consts[node.input[1]])}, None
