@@ -510,7 +510,14 @@ def _fail(rec) -> str | None:
     return "FAILED"
 
 
+def _no_pick(rec) -> bool:
+    """A protect --auto that stopped because no strategy meets the --auto rule (an outcome, not a crash)."""
+    return bool(rec) and not rec.get("ok") and "no single-tap strategy" in (rec.get("error") or "")
+
+
 def _num(rec, key, fmt, scale=1.0) -> str:
+    if _no_pick(rec):
+        return "no pick"
     f = _fail(rec)
     if f is not None:
         return f
@@ -577,17 +584,26 @@ def render(rows, args, qemu_names, qemu_ok, files_note) -> str:
                "model's weights + arena in the TA (skipped: its weights alone) within the CPM TA's 4 MiB; (r): the "
                "model's input renamed to a C identifier for the whole-model C (the code generator takes the "
                "input's name as a C parameter name)")
+    no_pick = [r["network"] for r in rows if _no_pick(r["steps"].get("protect"))]
     failures = [(r["network"], k, v) for r in rows for k, v in r["steps"].items()
-                if not v.get("ok") and not v.get("blocked") and not v.get("skipped")]
-    blocked = [(r["network"], k, v) for r in rows for k, v in r["steps"].items() if v.get("blocked")]
+                if not v.get("ok") and not v.get("blocked") and not v.get("skipped") and not
+                (k == "protect" and _no_pick(v))]
+    if no_pick:
+        err = next(r["steps"]["protect"]["error"] for r in rows if r["network"] == no_pick[0])
+        out.append("")
+        out.append(f"no pick: `protect --auto` stopped, no strategy meets the --auto rule ({err}): "
+                   f"{', '.join(no_pick)}; their later steps were not run")
     if failures:
         out.append("")
         out.append("failures (command: error line; the whole stderr is in WORK/<network>/<step>.stderr.txt)")
         for name, k, v in failures:
             out.append(f"  {name} {k}: `{v.get('command', k)}`: {v.get('error')}")
+    blocked = [(r["network"], [k for k, v in r["steps"].items() if v.get("blocked")]) for r in rows
+               if r["network"] not in no_pick]
+    blocked = [(n, ks) for n, ks in blocked if ks]
     if blocked:
-        out.append("not run: " + "; ".join(f"{name} {k} ({v['error'].removeprefix('not run: ')})"
-                                         for name, k, v in blocked))
+        out.append("not run (a step they depend on did not succeed): "
+                   + "; ".join(f"{n}: {', '.join(ks)}" for n, ks in blocked))
     out.append("")
     out.append("table 3: OP-TEE under QEMU (`run BUILD --random 2 --tee qemu`: backbone on the host, CPM in "
                "the secure world)")
@@ -599,8 +615,11 @@ def render(rows, args, qemu_names, qemu_ok, files_note) -> str:
             q = r["steps"].get("qemu")
             if r["network"] not in qemu_names or q is None:
                 continue
-            outcome = "ok" if q.get("ok") else (q["error"] if q.get("skipped") or q.get("blocked")
-                                                 else f"FAILED: {q.get('error')}")
+            if _no_pick(r["steps"].get("protect")):
+                outcome = "not run: protect --auto found no strategy"
+            else:
+                outcome = "ok" if q.get("ok") else (q["error"] if q.get("skipped") or q.get("blocked")
+                                                     else f"FAILED: {q.get('error')}")
             t.append((r["network"], outcome, _num(q, "backbone_ms", ".1f"),
                       (f"{q['same_top1']}/{q['images']}" if q.get("ok") else "-"), _num(q, "max_rel_diff", ".1e")))
         out += _table(t, right_from=2) if len(t) > 1 else ["(none of the --qemu networks was run)"]
@@ -620,7 +639,8 @@ def render(rows, args, qemu_names, qemu_ok, files_note) -> str:
         if c and c.get("ok"):
             f2 = f"{c['seconds']:.1f} s {'met' if c['seconds'] < COMPILE_TARGET_S else 'NOT met'}"
         else:
-            f2 = "not measured (" + ("failed" if c and not c.get("blocked") else "not run") + ")"
+            f2 = "not measured (" + ("failed" if c and not c.get("blocked") else
+                                     "no --auto pick" if _no_pick(s.get("protect")) else "not run") + ")"
         out.append(f"  {r['network']:<20} inspect+strategies {f1:<28} compile {f2}")
     return "\n".join(out)
 
