@@ -419,3 +419,25 @@ def test_dynamo_habits_local_functions_and_allowzero_reshape():
     empty.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.array([0, -1], np.int64), "shape"))
     with pytest.raises(UnsupportedOpError, match="allowzero=1 with a 0 in the target shape"):
         check_onnx(empty)
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_convolutional_logits_are_flattened(softmax):
+    """A classifier ending in a 1x1 convolution ([1, C, 1, 1] logits, optionally through a Softmax over the
+    classes, as the zoo's DenseNet and SqueezeNet) gives [1, C]; a final Softmax stays the last node."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((10, 4, 1, 1)).astype(np.float32), "w")
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["p"]),
+             helper.make_node("Conv", ["p", "w"], ["c" if softmax else "prob"])]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["c"], ["prob"], axis=1))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 6, 6])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 10, 1, 1])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.warns(ModelNotice, match=r"output 'prob' .* flattened to \[1, C\]"):
+        proto = check_onnx(model)
+    assert input_shape(proto) == [1, 4, 6, 6] and [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim] == [1, 10]
+    assert proto.graph.node[-1].op_type == ("Softmax" if softmax else "Flatten")
+    x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(proto, x), ort_run(model, x).reshape(1, -1), atol=1e-6)
+    assert load_model(proto).graph().num_classes == 10

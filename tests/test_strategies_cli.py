@@ -200,7 +200,16 @@ def test_emulator_choice_fails_clearly_when_nothing_meets_the_floors(lenet):
     model, tuning = lenet
     loaded = frontend.load_model(str(model))
     graph = strip_softmax(loaded.graph())
-    budget = 8 * 1024  # only CPMs too narrow or too deep for the --auto rule fit
-    assert generate_strategies(graph, budget)
+    budget = 2 * 1024  # nothing fits
+    assert not generate_strategies(graph, budget)
     with pytest.raises(StrategyError, match="meets the floors"):
         choose_strategy(graph, auto=True, budget_bytes=budget, tuning=tuning, model=loaded)
+    # strategies that fit but none the rule accepts (every one adds a correction to the logits)
+    from mirrornet_tvm.emulator.selection import load_tuning, rank_space, selection_note
+
+    costs = [c for c in generate_strategies(graph, 8 * 1024) if c.strategy.output == "correction"]
+    assert costs
+    ranking = rank_space(loaded, costs, load_tuning(tuning), budget_bytes=8 * 1024, max_flop_share=0.05,
+                         progress=False)
+    with pytest.raises(StrategyError, match="meets the floors"):
+        selection_note(ranking)

@@ -230,6 +230,8 @@ class _Builder:
 
     def mirror(self, n):
         g, op = self.g, n.op
+        if n.name in self.absorbed:  # a batch norm folded into its convolution, a shuffle's later nodes
+            return self.alias(n) if op == "BatchNormalization" else None
         bout = n.outputs[0]
         bshape = g.tensor_shapes[bout]
         ins = [self.mt[t] for t in n.inputs]
@@ -237,8 +239,6 @@ class _Builder:
         xs = self.shape.get(x)
         key = f"{len(self.ops)}_{op.lower()}"
         sel_in = self.sel.get(x)
-        if n.name in self.absorbed:  # a batch norm folded into its convolution, a shuffle's later nodes
-            return self.alias(n) if op == "BatchNormalization" else None
         if op == "Identity" or (op in _ELEMENTWISE and n.module and len(ins) == 1):
             # constant operands (a bias, a scale, a normalisation) are left to the CPM's own batch norms
             return self.alias(n)
@@ -286,8 +286,17 @@ class _Builder:
             try:
                 shape = tuple(np.broadcast_shapes(*shapes))
             except ValueError:
-                raise StrategyError(f"the mirrored inputs of {op} '{n.name}' do not broadcast {shapes}; "
-                                    "choose another width ratio") from None
+                # maps of the same size whose mirrors differ in width (a concat's scaled parts against one
+                # scaled whole, as in ShuffleNet): the narrower ones are projected to the widest
+                if len({len(sh) for sh in shapes}) > 1 or len({tuple(sh[2:]) for sh in shapes}) > 1:
+                    raise StrategyError(f"the mirrored inputs of {op} '{n.name}' do not broadcast {shapes}; "
+                                        "choose another width ratio") from None
+                c = max(sh[1] for sh in shapes)
+                ins = [t if self.shape[t][1] == c else
+                       self.project(f"{key}_fit{j}", n.name, t, self.shape[t], c, self.shape[t][2:])
+                       for j, t in enumerate(ins)]
+                key = f"{len(self.ops)}_{op.lower()}"
+                shape = tuple(np.broadcast_shapes(*[self.shape[t] for t in ins]))
             widest = max(ins, key=lambda t: _numel(self.shape[t]))
             out = self.emit(key, "Sum" if len(ins) > 2 else op, "mirror", n.name, ins, shape, {}, 0,
                             _numel(shape) * (len(ins) - 1), sel=self.sel.get(widest))
@@ -527,7 +536,7 @@ class CPM(torch.nn.Module):
             in_idx = a.get("sel_in")
             if op.op == "Conv":
                 w = bm.weight[out_idx]
-                if a["group"] == 1 and in_idx is not None:
+                if a["group"] == 1 and bm.groups == 1 and in_idx is not None:
                     w = w[:, torch.as_tensor(in_idx, dtype=torch.long)]
                 if w.shape == layer.weight.shape:
                     layer.weight.copy_(w)

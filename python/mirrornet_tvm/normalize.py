@@ -18,7 +18,7 @@ caller's proto and never writes files. In order:
 6. Dropout (identity at inference, every opset form) is removed and its consumers read its input.
 
 ONNX local functions (modules a scripted or dynamo export keeps as functions) are inlined first, with
-``onnx.inliner``.
+``onnx.inliner``; logits of shape [1, C, 1, 1] (a convolutional classifier) are flattened to [1, C] last.
 
 Folding uses onnx's own ``onnx.reference.ReferenceEvaluator`` per node and ``onnx.shape_inference`` for
 the shapes: on torch exports (opsets 11-17, computed ``F.pad`` and ``view`` flatten) it folds every chain
@@ -105,6 +105,7 @@ def normalize(proto: onnx.ModelProto, where: str = "the model", input_shape=None
     changed |= _fix_input_shape(model, where, input_shape)
     changed |= _fold_constants(model)
     changed |= _remove_dropout(model)
+    changed |= _flatten_output(model, where)
     if not changed:
         return proto
     return infer_shapes(model)
@@ -347,6 +348,39 @@ def _fold_constants(model) -> bool:
 def _drop_unused_initializers(g, used):
     for t in [t for t in g.initializer if t.name not in used]:   # few: no copy of the others
         g.initializer.remove(t)
+
+
+def _flatten_output(model, where) -> bool:
+    """Logits of shape [1, C, 1, 1] (a convolutional classifier, e.g. the zoo's DenseNet) become [1, C]."""
+    g = model.graph
+    if len(g.output) != 1:
+        return False
+    out = g.output[0]
+    dims = out.type.tensor_type.shape.dim
+    if len(dims) < 3 or any(_dynamic(d) or d.dim_value != 1 for d in dims[2:]):
+        return False
+    inner = out.name + ":unflattened"
+    producer = next((n for n in g.node if out.name in n.output), None)
+    axis = next((a.i for a in producer.attribute if a.name == "axis"), 1 if _opset(model) < 13 else -1) \
+        if producer is not None and producer.op_type == "Softmax" else None
+    if axis in (1, -len(dims)):   # a final Softmax over the classes: flatten before it, it stays last
+        flat = producer.input[0] + ":flat"
+        g.node.insert(list(g.node).index(producer),
+                      onnx.helper.make_node("Flatten", [producer.input[0]], [flat], name=flat, axis=1))
+        producer.input[0] = flat
+        del producer.attribute[:]
+        producer.attribute.append(onnx.helper.make_attribute("axis", 1))
+    else:
+        for n in g.node:
+            n.output[:] = [inner if t == out.name else t for t in n.output]
+            n.input[:] = [inner if t == out.name else t for t in n.input]
+        g.node.append(onnx.helper.make_node("Flatten", [inner], [out.name], name=out.name + ":flatten", axis=1))
+    c = dims[1].dim_value if not _dynamic(dims[1]) else None
+    out.type.tensor_type.ClearField("shape")
+    if c:
+        out.type.CopyFrom(onnx.helper.make_tensor_type_proto(out.type.tensor_type.elem_type, [1, c]))
+    notice(f"output '{out.name}' of {where} is [1, C, 1, 1]; flattened to [1, C] logits")
+    return True
 
 
 def _remove_dropout(model) -> bool:

@@ -42,8 +42,8 @@ FLOOR_CANDIDATES = 3        # strategies --auto --security-floor tries at most
 ONNX_TOLERANCE = 1e-4    # of the outputs' scale, max(1, |output|): see _onnx_check
 AUTO_NOTE = ("chosen by secure memory and FLOPs alone (no performance emulator: give --tuning DIR from "
              "`mirrornet tune` to choose by predicted latency): the shallowest single tap whose CPM, at least "
-             "1/4 wide, completes the network within {share:.0%} of the model's FLOPs, past the input's full "
-             "resolution when such a tap qualifies")
+             "1/4 wide (1/8 or 1/16 when none that wide fits), completes the network within {share:.0%} of the "
+             "model's FLOPs, past the input's full resolution when such a tap qualifies")
 # Issue targets the report checks each artifact against.
 TARGETS = {"authorized_drop_points": 1.0, "illegal_max": 0.15, "flop_share_max": 0.05}
 

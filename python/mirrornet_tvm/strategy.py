@@ -328,10 +328,18 @@ def generate_strategies(model, budget_bytes: int | None = DEFAULT_BUDGET_BYTES, 
 
 def auto_pool(costs: list[CpmCost], *, max_flop_share: float = 0.05, min_width: float = 0.25,
               degradation: str = "uniform") -> list[CpmCost]:
-    """The strategies :func:`auto_select` chooses among (its floors; the emulator picks from these too)."""
-    pool = [c for c in costs if len(c.strategy.taps) == 1 and c.strategy.output == "logits"
-            and c.strategy.degradation == degradation and c.flop_share <= max_flop_share
-            and c.strategy.width_ratio >= min_width - 1e-9]
+    """The strategies :func:`auto_select` chooses among (its floors; the emulator picks from these too).
+
+    When no CPM ``min_width`` wide qualifies (an ImageNet network's classifier head can take the whole
+    secure-memory budget at 1/4), the floor halves, down to 1/16.
+    """
+    widths = [min_width] + [w for w in (min_width / 2, min_width / 4) if w >= 1 / 16 - 1e-9]
+    for floor in widths:
+        pool = [c for c in costs if len(c.strategy.taps) == 1 and c.strategy.output == "logits"
+                and c.strategy.degradation == degradation and c.flop_share <= max_flop_share
+                and c.strategy.width_ratio >= floor - 1e-9]
+        if pool:
+            break
     downsampled = [c for c in pool if c.tap_resolution < 1.0]
     return downsampled or pool
 
@@ -360,7 +368,7 @@ def auto_select(costs: list[CpmCost], *, max_flop_share: float = 0.05, min_width
     """
     pool = auto_pool(costs, max_flop_share=max_flop_share, min_width=min_width, degradation=degradation)
     if not pool:
-        raise StrategyError(f"no single-tap strategy of width >= {min_width:g} within {max_flop_share:.0%} of the "
+        raise StrategyError(f"no single-tap strategy of width >= 1/16 within {max_flop_share:.0%} of the "
                             "model's FLOPs fits the secure-memory budget; raise --budget-kib or give --strategy")
     order = {}
     for c in costs:

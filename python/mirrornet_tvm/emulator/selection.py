@@ -24,7 +24,8 @@ from .emulate import CALIBRATION_FILE, COST_MODEL_FILE, Emulator, Estimate, pare
 TUNE_REPORT = "tune_report.json"
 DATABASE_RECORDS = ("database", "database_tuning_record.json")
 LATENCY_VS_MEMORY = (("total_s", -1), ("secure_bytes", -1))
-FLOORS_NOTE = ("single tap whose CPM completes the network, at least 1/{width} wide, at most {share:.0%} of the "
+FLOORS_NOTE = ("single tap whose CPM completes the network, at least 1/{width} wide (down to 1/16 when none that "
+               "wide fits), at most {share:.0%} of the "
                "model's FLOPs, past the input's full resolution when such a tap qualifies, {degradation} "
                "degradation")
 

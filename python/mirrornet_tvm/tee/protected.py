@@ -222,7 +222,8 @@ def reference_agreement(build_dir, x, run: ProtectedRun) -> dict:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    ref = np.concatenate([sess.run(["logits"], {sess.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(len(x))])
+    ref = np.concatenate([sess.run(["logits"], {sess.get_inputs()[0].name: x[i:i + 1]})[0].reshape(1, -1)
+                          for i in range(len(x))])
     want = _predictions(ref, "logits")
     same = int(np.sum(run.predictions == want))
     diff = float(np.abs(run.outputs - ref).max()) if run.policy != "label" else None
