@@ -276,8 +276,8 @@ def _secure_memory(artifact, cpm, cpm_inputs) -> dict:
         if difference["arena"] and tuned:
             causes.append(f"{len(tuned)} CPM kernel(s) use tuned schedules, the estimate assumes the default ones")
         if difference["weights"] > 0 and not difference["arena"]:
-            causes.append("weight vectors with equal values (e.g. untrained batch norms) are stored once, the "
-                          "estimate counts each")
+            causes.append("the build stores weight vectors with equal values (e.g. untrained batch norms) once, "
+                          "the estimate counts each; or the CPM has an operator the estimate does not model exactly")
         elif difference["weights"] or (difference["arena"] and not tuned):
             causes.append("the CPM has an operator the estimate does not model exactly")
         note = f"the build differs from the estimate: {'; '.join(causes)}"
