@@ -36,6 +36,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import ModelError, ModelNotice
+from .ops import Constants
 
 MIN_OPSET, MAX_OPSET = 7, 21
 _STANDARD = ("", "ai.onnx")
@@ -288,22 +289,6 @@ def _evaluate(node, opsets, feeds) -> list:
     return ReferenceEvaluator(graph, opsets=opsets).run(None, feeds)
 
 
-class _Constants(dict):
-    """Tensor name -> numpy value; initializers are read only when a folded node needs them."""
-
-    def __init__(self, initializers):
-        super().__init__()
-        self.protos = {t.name: t for t in initializers}
-
-    def __contains__(self, name):
-        return dict.__contains__(self, name) or name in self.protos
-
-    def __getitem__(self, name):
-        if not dict.__contains__(self, name):
-            self[name] = numpy_helper.to_array(self.protos[name])
-        return dict.__getitem__(self, name)
-
-
 def _fold_constants(model) -> bool:
     """Fold until nothing more folds: each round can make more shapes static (e.g. a Pad's output once its
     pads are known), so the next round's ``Shape`` nodes fold too."""
@@ -312,7 +297,7 @@ def _fold_constants(model) -> bool:
     outputs = {o.name for o in g.output}
     changed = False
     while True:
-        consts = _Constants(g.initializer)
+        consts = Constants(g, nodes=False)   # initializers, read only when a folded node needs them
         shapes = _static_shapes(model) if any(n.op_type == "Shape" for n in g.node) else {}
         folded, new = [], []
         for n in g.node:

@@ -22,7 +22,7 @@ Transpose, Squeeze, Unsqueeze, Pad, Identity, Dropout).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 
 import numpy as np
 import torch
@@ -840,18 +840,19 @@ def node_problem(node, consts: dict, graph_outputs: set) -> str | None:
     return op(node.op_type).problem(node, attributes(node), consts, graph_outputs)
 
 
-class Constants(Mapping):
-    """Tensor name -> numpy array of every initializer, Constant node and Identity of a constant.
+class Constants(MutableMapping):
+    """Tensor name -> numpy array of every initializer, Constant node and Identity of a constant
+    (initializers only with ``nodes=False``); values may be added, e.g. by constant folding.
 
     Initializers are converted on first access (a large model's weights are read once, where a record
     needs them); :meth:`dtype` answers without converting.
     """
 
-    def __init__(self, graph):
+    def __init__(self, graph, nodes: bool = True):
         self._protos = {t.name: t for t in graph.initializer}
         self._arrays: dict = {}
         self._alias: dict = {}
-        for node in graph.node:
+        for node in graph.node if nodes else ():
             if node.op_type == "Constant":
                 self._arrays[node.output[0]] = constant_value(node)
             elif node.op_type == "Identity" and node.input[0] in self:
@@ -862,6 +863,15 @@ class Constants(Mapping):
         if name not in self._arrays:
             self._arrays[name] = numpy_helper.to_array(self._protos[name])  # KeyError when absent
         return self._arrays[name]
+
+    def __setitem__(self, name, value):
+        self._alias.pop(name, None)
+        self._arrays[name] = value
+
+    def __delitem__(self, name):
+        if self._alias.pop(name, None) is None:
+            self._arrays.pop(name, None)
+            del self._protos[name]
 
     def __contains__(self, name):
         name = self._alias.get(name, name)
