@@ -269,18 +269,19 @@ class _Builder:
             out = self.emit(key, op, "mirror", n.name, [x], xs, dict(n.attrs, init_from=n.name),
                             4 * xs[1], 2 * _numel(xs), sel=sel_in)
         elif op in _POINTWISE:
-            flops = _numel(xs) * (n.attrs["size"] + 3 if op == "LRN" else 1)
-            out = self.emit(key, op, "mirror", n.name, [x], xs, dict(n.attrs), 0, flops, sel=sel_in)
+            out = self.emit(key, op, "mirror", n.name, [x], xs, dict(n.attrs), 0, _flops(op, [xs], xs, n.attrs),
+                            sel=sel_in)
         elif op in ("MaxPool", "AveragePool"):
             shape = (1, xs[1]) + tuple(bshape[2:])
             out = self.emit(key, op, "mirror", n.name, [x], shape, dict(n.attrs), 0,
-                            _numel(shape) * int(np.prod(n.attrs["kernel_shape"])), sel=sel_in)
+                            _flops(op, [xs], shape, n.attrs), sel=sel_in)
         elif op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean"):
             if op == "ReduceMean" and sorted(d % len(xs) for d in (n.attrs["axes"] or ())) != [2, 3]:
                 raise StrategyError(f"cannot mirror ReduceMean '{n.name}' over axes {n.attrs['axes']} "
                                     "(only the spatial mean over H, W)")
             shape = self._shape_of(op, n.attrs, [xs])
-            out = self.emit(key, op, "mirror", n.name, [x], shape, dict(n.attrs), 0, _numel(xs), sel=sel_in)
+            out = self.emit(key, op, "mirror", n.name, [x], shape, dict(n.attrs), 0, _flops(op, [xs], shape, n.attrs),
+                            sel=sel_in)
         elif op in _ELEMENTWISE:
             shapes = [self.shape[t] for t in ins]
             try:
@@ -299,7 +300,7 @@ class _Builder:
                 shape = tuple(np.broadcast_shapes(*[self.shape[t] for t in ins]))
             widest = max(ins, key=lambda t: _numel(self.shape[t]))
             out = self.emit(key, "Sum" if len(ins) > 2 else op, "mirror", n.name, ins, shape, {}, 0,
-                            _numel(shape) * (len(ins) - 1), sel=self.sel.get(widest))
+                            _flops(op, [self.shape[t] for t in ins], shape, {}), sel=self.sel.get(widest))
         elif op == "Concat":
             if n.attrs["axis"] not in (1, -3 if len(xs) == 4 else 1):
                 raise StrategyError(f"cannot mirror Concat '{n.name}' on axis {n.attrs['axis']} "
@@ -390,6 +391,11 @@ class _Builder:
             consumers = g.consumers(t)
             node = consumers[0] if len(consumers) == 1 else None
         return None, None
+
+
+def _flops(op: str, in_shapes, out_shape, attrs) -> int:
+    """FLOPs of a weightless CPM op, as the op table counts them for the original model."""
+    return OPS[op].cost(in_shapes, out_shape, attrs, None)[1]
 
 
 def _channel_permutation(graph, chain) -> list:
